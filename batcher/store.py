@@ -70,6 +70,12 @@ class ResultsStore:
     def open(self) -> ResumeState:
         """Repair a torn last line, build the index of succeeded ids, and open for appending."""
         repaired = self._repair_torn_tail()
+        state = self.load_index()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        return ResumeState(state.succeeded, state.lines, state.unparsable_lines, repaired)
+
+    def load_index(self) -> ResumeState:
+        """Build the index of succeeded ids without changing the file (a torn line is skipped)."""
         lines = unparsable = 0
         hashes = array("q")
         if self.path.exists():
@@ -82,9 +88,7 @@ class ResultsStore:
                     elif state[1]:
                         hashes.append(_id_hash(state[0]))
         self._succeeded = array("q", sorted(set(hashes)))
-
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
-        return ResumeState(len(self._succeeded), lines, unparsable, repaired)
+        return ResumeState(len(self._succeeded), lines, unparsable, 0)
 
     def _repair_torn_tail(self) -> int:
         """Cut a last line that has no newline (a write interrupted by a kill); return its size."""
