@@ -7,6 +7,7 @@ import contextlib
 import os
 import secrets
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from batcher.client import ApiClient
 from batcher.errors import BatcherError, ExitCode
 from batcher.job import Job
 from batcher.logs import LogSinks
+from batcher.progress import ProgressBar
 from batcher.preflight import PreflightResult, SentCredentials, run_preflight
 from batcher.prompts import check_prompts, iter_prompts
 from batcher.runner import Runner, RunSettings
@@ -227,10 +229,12 @@ async def _run_locked(
                 )
                 stopper = _SignalStop(runner)
                 stopper.install()
+                bar_task = _start_progress(sinks, stats, total=prompt_count)
                 try:
                     stopped_reason = await runner.run()
                 finally:
                     stopper.remove()
+                    await _stop_progress(sinks, bar_task)
                 exit_code = _exit_code(stats, stopped_reason, stopper.signal_number)
     except BatcherError as exc:
         stopped_reason = exc.failure_kind if exc.failure_kind in _STOP_EXIT_CODES else None
@@ -253,6 +257,22 @@ async def _run_locked(
         stopped_reason=stopped_reason, exit_code=exit_code, prompt_count=prompt_count,
     )
     return exit_code
+
+
+def _start_progress(sinks: LogSinks, stats: RunStats, *, total: int) -> asyncio.Task[None] | None:
+    if not sinks.show_progress:
+        return None
+    sinks.progress = ProgressBar(sys.stderr, stats, total=total)
+    return asyncio.create_task(sinks.progress.run(), name="batcher-progress")
+
+
+async def _stop_progress(sinks: LogSinks, task: asyncio.Task[None] | None) -> None:
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    sinks.progress = None
 
 
 def _kind_for_exit(exit_code: int) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 import structlog
 
 from batcher import __version__
-from batcher.errors import BatcherError, ExitCode, JobError
+from batcher.errors import BatcherError, ExitCode
 from batcher.logs import LogSinks, configure_logging
 
 log = structlog.get_logger("batcher.cli")
@@ -101,7 +101,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from batcher.job import load_job
 
     quiet = getattr(args, "quiet", False)
-    sinks = LogSinks(stderr=sys.stderr, stderr_level="warning" if quiet else "info")
+    sinks = LogSinks(stderr=sys.stderr, stderr_level="warning" if quiet else "info", show_progress=not quiet)
     configure_logging(sinks)
     job = load_job(args.job)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
 
@@ -25,6 +24,7 @@ class LogSinks:
         self,
         *,
         stderr: TextIO,
+        show_progress: bool = True,
         stderr_level: str = "info",
         file_level: str = "info",
     ) -> None:
@@ -35,6 +35,9 @@ class LogSinks:
         self._is_tty = stderr.isatty()
         self._console = structlog.dev.ConsoleRenderer(colors=self._is_tty) if self._is_tty else None
         self._secrets: tuple[str, ...] = ()
+        # The terminal's progress bar, cleared before a log line is printed and redrawn after.
+        self.progress: Any = None
+        self.show_progress = show_progress and self._is_tty
         self.min_level = min(self._stderr_level, self._file_level)
 
     def open_file(self, file: TextIO) -> None:
@@ -59,11 +62,15 @@ class LogSinks:
             self._file.write(line + "\n")
             self._file.flush()
         if level >= self._stderr_level:
+            if self.progress is not None:
+                self.progress.clear()
             if self._console is not None:
                 self._stderr.write(self._console(logger, method_name, dict(event_dict)) + "\n")
             else:
                 self._stderr.write((line or dumps(event_dict)) + "\n")
             self._stderr.flush()
+            if self.progress is not None:
+                self.progress.draw()
         raise structlog.DropEvent
 
     def _redact(self, value: Any) -> Any:
@@ -94,6 +101,3 @@ def configure_logging(sinks: LogSinks) -> None:
         cache_logger_on_first_use=False,
     )
 
-
-def default_sinks(*, quiet: bool) -> LogSinks:
-    return LogSinks(stderr=sys.stderr, stderr_level="warning" if quiet else "info")
