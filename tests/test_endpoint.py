@@ -170,16 +170,16 @@ def test_max_tokens_cuts_reply() -> None:
     """max_tokens 1 returns one token with finish_reason length."""
 
     async def scenario(endpoint, session):
-        one = await post_chat(session, endpoint, "a b c", max_tokens=1)
+        one_token = await post_chat(session, endpoint, "a b c", max_tokens=1)
         newer_name = await post_chat(session, endpoint, "a b c", max_completion_tokens=2)
-        return one, newer_name
+        return one_token, newer_name
 
-    one, newer_name = serve(EndpointConfig(key=KEY), scenario)
+    one_token, newer_name = serve(EndpointConfig(key=KEY), scenario)
 
-    assert one[0] == 200
-    assert one[2]["choices"][0]["message"]["content"] == "Echo:"
-    assert one[2]["choices"][0]["finish_reason"] == "length"
-    assert one[2]["usage"]["completion_tokens"] == 1
+    assert one_token[0] == 200
+    assert one_token[2]["choices"][0]["message"]["content"] == "Echo:"
+    assert one_token[2]["choices"][0]["finish_reason"] == "length"
+    assert one_token[2]["usage"]["completion_tokens"] == 1
     assert newer_name[2]["choices"][0]["message"]["content"] == "Echo: a"
     assert newer_name[2]["usage"]["completion_tokens"] == 2
 

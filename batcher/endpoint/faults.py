@@ -26,9 +26,10 @@ class Fault(enum.Enum):
 class FaultPicker:
     """Choose the fault of each chat request from a seeded random sequence.
 
-    Each call to `pick` draws one number from [0, 1): below reset_rate is a
-    reset, the next truncate_rate a cut body, the next fail_rate a failure
-    status. So the same seed and order of requests give the same faults.
+    Each call to `pick` draws one number from [0, 1). A draw below reset_rate
+    means a reset, the next truncate_rate of the range a cut body, and the
+    next fail_rate a failure status. So the same seed and the same order of
+    requests give the same faults.
     """
 
     def __init__(
