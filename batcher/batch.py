@@ -62,8 +62,7 @@ async def endpoint_for(job: Job) -> AsyncIterator[tuple[str, ApiKey | None]]:
         yield job.endpoint.base_url, key
         return
 
-    from batcher.endpoint.config import EndpointConfig
-    from batcher.endpoint.server import LocalEndpoint
+    from batcher.endpoint import EndpointConfig, LocalEndpoint
 
     generated = "sk-local-" + secrets.token_hex(16)
     async with LocalEndpoint(EndpointConfig(key=generated)) as local:
