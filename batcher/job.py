@@ -35,7 +35,15 @@ ENDPOINT_KEYS = (
     "preflight",
     "allow_insecure_http",
 )
-LIMIT_KEYS = ("concurrency", "requests_per_minute", "tokens_per_minute", "max_attempts")
+LIMIT_KEYS = (
+    "concurrency",
+    "requests_per_minute",
+    "tokens_per_minute",
+    "max_attempts",
+    "backoff_base_s",
+    "backoff_max_s",
+    "max_wait_s",
+)
 
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -85,6 +93,11 @@ class Limits:
     requests_per_minute: float | None = None
     tokens_per_minute: int | None = None
     max_attempts: int = 6  # per prompt, the first try included
+    # Backoff when the endpoint names no wait: full jitter up to base * 2^(retry - 1), capped.
+    backoff_base_s: float = 1.0
+    backoff_max_s: float = 60.0
+    # A wait the endpoint asks for that is longer than this fails the prompt instead; None waits.
+    max_wait_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -279,6 +292,10 @@ class _JobParser:
             )
         if "max_attempts" in limits:
             values["max_attempts"] = checker.integer(limits["max_attempts"], ("limits", "max_attempts"), minimum=1)
+        for seconds_key in ("backoff_base_s", "backoff_max_s", "max_wait_s"):
+            if limits.get(seconds_key) is not None:
+                seconds = checker.number(limits[seconds_key], ("limits", seconds_key), above=0)
+                values[seconds_key] = None if seconds is None else float(seconds)
 
         if checker.count != before:
             return None
