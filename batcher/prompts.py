@@ -50,6 +50,8 @@ class PromptCheck:
 
     count: int
     estimated_tokens: int
+    # Every model the prompts ask for, so the preflight can check each against the model list.
+    models: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -210,10 +212,12 @@ def check_prompts(job: Job) -> PromptCheck:
     hashes = array("q")
     count = 0
     estimated_tokens = 0
+    models: set[str] = set()
     for prompt in job.inline_prompts:
         hashes.append(_hash_id(prompt.id))
         count += 1
         estimated_tokens += prompt.estimated_tokens
+        _note_model(models, prompt)
 
     problems: list[str] = []
     if job.prompts_file is not None:
@@ -229,6 +233,7 @@ def check_prompts(job: Job) -> PromptCheck:
             hashes.append(_hash_id(prompt.id))
             count += 1
             estimated_tokens += prompt.estimated_tokens
+            _note_model(models, prompt)
 
     if problems:
         raise JobError("\n".join(problems))
@@ -242,7 +247,13 @@ def check_prompts(job: Job) -> PromptCheck:
     del hashes
     if duplicates:
         raise JobError(_describe_duplicates(job, duplicates))
-    return PromptCheck(count=count, estimated_tokens=estimated_tokens)
+    return PromptCheck(count=count, estimated_tokens=estimated_tokens, models=frozenset(models))
+
+
+def _note_model(models: set[str], prompt: Prompt) -> None:
+    model = prompt.body.get("model")
+    if isinstance(model, str):
+        models.add(model)
 
 
 def iter_prompts(job: Job) -> Iterator[Prompt]:

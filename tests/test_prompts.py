@@ -268,7 +268,10 @@ class TestEstimates:
         inline = -(-(9 + 4) // 4) + 8 + 10
         from_file = -(-(9 + 8) // 4) + 8 + 10
         batch = -(-12 // 4) + 4
-        assert check_prompts(job) == PromptCheck(count=3, estimated_tokens=inline + from_file + batch)
+        check = check_prompts(job)
+        assert check.count == 3
+        assert check.estimated_tokens == inline + from_file + batch
+        assert check.models == {"gpt-4o-mini", "gpt-3.5-turbo-0125"}
 
 
 class TestStreaming:
