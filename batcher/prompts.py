@@ -117,8 +117,11 @@ def check_params(checker: Checker, value: Any, path: YamlPath) -> dict[str, Any]
         return None
 
     before = checker.count
+    secret_keys = checker.secret_keys(params, path)
     for key, item in params.items():
         item_path = path + (key,)
+        if key in secret_keys:
+            continue
         if key == "model":
             checker.report(item_path, "`model` is not a parameter; set it at the top level or on the prompt", key=True)
         elif key == "messages":
