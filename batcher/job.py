@@ -135,7 +135,10 @@ def load_job(path: str | Path, *, environ: Mapping[str, str] | None = None) -> J
     checker = Checker(YamlLocator(document, filename))
     for position, message in document.problems:
         checker.add((position.line, position.column), f"{filename}:{position.line}:{position.column}: {message}")
-    job = _JobParser(checker, job_path, filename, environ).parse(document.data)
+    try:
+        job = _JobParser(checker, job_path, filename, environ).parse(document.data)
+    except RecursionError:
+        raise JobError(f"{filename}: the YAML is nested too deeply to check") from None
     checker.raise_if_any()
     if job is None:
         raise JobError(f"{filename}: the job file is invalid")

@@ -495,10 +495,14 @@ def _parse_line(
         ]
 
     checker = Checker(LineLocator(filename, line_number))
-    if any(key in record for key in BATCH_KEYS):
-        prompt = _parse_batch_line(checker, record, defaults, label)
-    else:
-        prompt = parse_prompt(checker, record, (), defaults=defaults, source=label)
+    try:
+        if any(key in record for key in BATCH_KEYS):
+            prompt = _parse_batch_line(checker, record, defaults, label)
+        else:
+            prompt = parse_prompt(checker, record, (), defaults=defaults, source=label)
+    except RecursionError:
+        # The decoder accepts nesting close to the recursion limit, and the checks recurse further.
+        return None, [f"{label}: the JSON is nested too deeply to read"]
     return prompt, checker.messages()
 
 

@@ -102,6 +102,8 @@ def load_yaml(text: str, *, filename: str) -> YamlDocument:
     converter = _Converter()
     try:
         data = None if root is None else converter.convert(root, ())
+    except RecursionError:
+        raise JobError(f"{filename}: the YAML is nested too deeply to read") from None
     except _TooManyAliasedValues:
         raise JobError(
             f"{filename}: aliases repeat more than {MAX_ALIASED_VALUES:,} values; "

@@ -186,6 +186,11 @@ class TestSyntaxErrors:
             "remove it, or write it as an escape inside double quotes"
         )
 
+    def test_deep_nesting(self, tmp_path: Path) -> None:
+        """YAML nested deeper than Python can recurse is an error, not a crash."""
+        path = write(tmp_path, MINIMAL + "params:\n  x: " + "[" * 5000 + "]" * 5000 + "\n")
+        assert load_error(path) == f"{path}: the YAML is nested too deeply to read"
+
     def test_empty_file(self, tmp_path: Path) -> None:
         """An empty job file is an error that lists what a job needs."""
         path = write(tmp_path, "# nothing yet\n")
