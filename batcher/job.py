@@ -8,7 +8,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -94,7 +93,7 @@ class Job:
     endpoint: EndpointSettings
     model: str
     system: str | None
-    params: Mapping[str, Any]
+    params: Mapping[str, Any]  # a plain dict, so that dataclasses.asdict works; callers must not modify it
     limits: Limits
     output_dir: Path
     prompts_file: Path | None
@@ -216,7 +215,7 @@ class _JobParser:
             endpoint=endpoint,
             model=model,
             system=system,
-            params=MappingProxyType(params),
+            params=params,
             limits=limits,
             output_dir=output_dir,
             prompts_file=prompts_file,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from pathlib import Path
 
@@ -346,6 +347,13 @@ class TestDefaults:
         assert endpoint.preflight == "models"
         assert endpoint.allow_insecure_http is False
         assert endpoint.local is False
+
+    def test_job_converts_to_dict(self, tmp_path: Path) -> None:
+        """dataclasses.asdict works on a job, for logs and summaries."""
+        job = load_job(write(tmp_path, MINIMAL + "params: {seed: 1}\n"), environ={})
+        converted = dataclasses.asdict(job)
+        assert converted["params"] == {"seed": 1}
+        assert converted["inline_prompts"][0]["body"]["seed"] == 1
 
     def test_base_url_from_environment(self, tmp_path: Path) -> None:
         """OPENAI_BASE_URL is the default base URL, without its trailing slash."""
