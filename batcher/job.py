@@ -80,7 +80,7 @@ class Limits:
     # Backoff when the endpoint names no wait: full jitter up to base * 2^(retry - 1), capped.
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
-    # A wait the endpoint asks for that is longer than this fails the prompt instead; None waits.
+    # A retry wait requested by the endpoint above this fails the prompt instead; None waits.
     max_wait_s: float | None = None
 
 
