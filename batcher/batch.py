@@ -247,13 +247,13 @@ async def _run_locked(
         )
         _finish(
             store, stats, run_id=run_id, job=job, output_dir=output_dir, started_at=started_at,
-            started=started, requests_sent=client.requests_sent if client else 0,
+            started=started, client=client,
             stopped_reason=stopped_reason, exit_code=exit_code, prompt_count=prompt_count,
         )
         raise
     _finish(
         store, stats, run_id=run_id, job=job, output_dir=output_dir, started_at=started_at,
-        started=started, requests_sent=client.requests_sent if client else 0,
+        started=started, client=client,
         stopped_reason=stopped_reason, exit_code=exit_code, prompt_count=prompt_count,
     )
     return exit_code
@@ -298,7 +298,7 @@ def _finish(
     output_dir: Path,
     started_at: str,
     started: float,
-    requests_sent: int,
+    client: ApiClient | None,
     stopped_reason: str | None,
     exit_code: int,
     prompt_count: int,
@@ -307,6 +307,9 @@ def _finish(
     if stats.total < prompt_count:
         # The run ended before the producer read every prompt (a preflight failure).
         stats.total = prompt_count
+    if client is not None:
+        # The client also counts the preflight's 429s, which never reach the runner.
+        stats.rate_limited_responses = client.rate_limited_responses
     summary = build_summary(
         stats,
         run_id=run_id,
@@ -315,7 +318,7 @@ def _finish(
         started_at=started_at,
         finished_at=utc_now_iso(),
         duration_s=time.monotonic() - started,
-        requests_sent=requests_sent,
+        requests_sent=client.requests_sent if client is not None else 0,
         stopped_reason=stopped_reason,
         exit_code=int(exit_code),
     )
