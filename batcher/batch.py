@@ -23,7 +23,8 @@ from batcher.logs import LogSinks
 from batcher.progress import ProgressBar
 from batcher.preflight import PreflightResult, SentCredentials, run_preflight
 from batcher.prompts import PromptCheck, check_prompts, iter_prompts
-from batcher.runner import Runner, RunSettings
+from batcher.runner import Runner, RunSettings, StopCause
+from batcher.stops import explain_stop
 from batcher.store import SUMMARY_NAME, FILE_MODE, ResultsStore, RunLock, make_private_dir, write_json_atomically
 from batcher.summary import RunStats, build_summary, utc_now_iso
 
@@ -186,6 +187,7 @@ async def _run_locked(
         )
 
     stopped_reason: str | None = None
+    stop_message: str | None = None
     exit_code: int = ExitCode.OK
     client: ApiClient | None = None
     try:
@@ -211,12 +213,13 @@ async def _run_locked(
                 timeout_s=job.endpoint.timeout_s,
                 max_connections=settings.concurrency + 2,
             ) as client:
-                await run_preflight(
+                credentials = _credentials(job, key, headers)
+                preflight = await run_preflight(
                     client,
                     mode=job.endpoint.preflight,
                     model=job.model,
                     models_used=counts.models or frozenset({job.model}),
-                    credentials=_credentials(job, key, headers),
+                    credentials=credentials,
                     headers=headers,
                 )
                 runner = Runner(
@@ -236,6 +239,14 @@ async def _run_locked(
                     stopper.remove()
                     await _stop_progress(sinks, bar_task)
                 exit_code = _exit_code(stats, stopped_reason, stopper.signal_number)
+                if runner.stop_cause is not None:
+                    stop_message = explain_stop(
+                        runner.stop_cause,
+                        credentials=credentials,
+                        stats=stats,
+                        key_worked=preflight.method != "off" or stats.succeeded > 0,
+                    )
+                    _log_stop(runner.stop_cause, stop_message)
     except BatcherError as exc:
         stopped_reason = exc.failure_kind if exc.failure_kind in _STOP_EXIT_CODES else None
         exit_code = exc.exit_code
@@ -256,7 +267,24 @@ async def _run_locked(
         started=started, client=client,
         stopped_reason=stopped_reason, exit_code=exit_code, prompt_count=prompt_count,
     )
+    if stop_message is not None:
+        # Printed last, like the message of an error that ends the command.
+        print(f"batcher: {stop_message}", file=sys.stderr)
     return exit_code
+
+
+def _log_stop(cause: StopCause, message: str) -> None:
+    failure = cause.failure
+    log.error(
+        "run.stopped",
+        stopped_reason=failure.kind.value,
+        failure_kind=failure.kind.value,
+        prompt_id=cause.prompt_id,
+        status=failure.status,
+        code=failure.code,
+        request_id=failure.request_id,
+        message=message,
+    )
 
 
 def _start_progress(sinks: LogSinks, stats: RunStats, *, total: int) -> asyncio.Task[None] | None:
