@@ -9,7 +9,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,17 +83,25 @@ def _warn_key(key: ApiKey | None) -> None:
     if key is None:
         return
     for warning in key.warnings:
-        log.warning("key.trimmed", message=warning, key=key.fingerprint)
+        log.warning("key.warning", message=warning, key=key.fingerprint, key_source=key.source)
 
 
-async def check_job(job: Job, *, sinks: LogSinks) -> PreflightResult:
-    """Run the key checks and the preflight only; raise the error that ends the check."""
+async def check_job(
+    job: Job, *, sinks: LogSinks, show_headers: Callable[[dict[str, str]], None] | None = None
+) -> PreflightResult:
+    """Run the key checks and the preflight only; raise the error that ends the check.
+
+    `show_headers` receives the request headers, with the key as a fingerprint, before the
+    preflight sends anything.
+    """
     counts = check_prompts(job)
     async with endpoint_for(job) as (base_url, key):
         if key is not None:
             sinks.add_secrets([key.value])
         _warn_key(key)
         headers = build_headers(key, organization=job.endpoint.organization, project=job.endpoint.project)
+        if show_headers is not None:
+            show_headers(describe_headers(headers))
         async with ApiClient(base_url, headers=headers, timeout_s=job.endpoint.timeout_s, max_connections=2) as client:
             return await run_preflight(
                 client,
