@@ -9,9 +9,10 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import structlog
 
@@ -32,6 +33,8 @@ log = structlog.get_logger("batcher.batch")
 
 # Seconds that requests in flight get to finish after SIGINT or SIGTERM before they are cancelled.
 GRACE_S = 10.0
+
+_T = TypeVar("_T")
 
 _STOP_EXIT_CODES = {
     "auth": ExitCode.AUTH,
@@ -113,13 +116,27 @@ async def check_job(
             )
 
 
-class _SignalStop:
-    """Turns SIGINT and SIGTERM into a graceful stop, and a second SIGINT into an immediate one."""
+class _Interrupted(Exception):
+    """A signal arrived before the workers started, so the run ends without sending the batch."""
 
-    def __init__(self, runner: Runner) -> None:
-        self._runner = runner
+
+class _SignalStop:
+    """Turns SIGINT and SIGTERM into a graceful stop, and a second signal into an immediate one.
+
+    Before the workers start, a signal cancels the step in progress (the endpoint start or the
+    preflight), because no response worth waiting for is in flight yet. Once the runner is
+    attached, a signal stops it gracefully: requests in flight get GRACE_S to finish.
+    """
+
+    def __init__(self) -> None:
         self.signal_number: int | None = None
+        self._runner: Runner | None = None
+        self._guarded: asyncio.Future[Any] | None = None
         self._grace: asyncio.TimerHandle | None = None
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.SIGTERM if self.signal_number == signal.SIGTERM else ExitCode.SIGINT
 
     def install(self) -> None:
         loop = asyncio.get_running_loop()
@@ -133,22 +150,55 @@ class _SignalStop:
         if self._grace is not None:
             self._grace.cancel()
 
+    async def guard(self, awaitable: Awaitable[_T]) -> _T:
+        """Await a step before the workers start; raise _Interrupted if a signal cancels it."""
+        if self.signal_number is not None:
+            raise _Interrupted
+        task = asyncio.ensure_future(awaitable)
+        self._guarded = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            # Only our own cancellation becomes _Interrupted; one aimed at this task passes on.
+            if self.signal_number is None or (current is not None and current.cancelling()):
+                raise
+            raise _Interrupted from None
+        finally:
+            self._guarded = None
+
+    def attach(self, runner: Runner) -> None:
+        """Route later signals to `runner`; raise _Interrupted if one has already arrived."""
+        if self.signal_number is not None:
+            raise _Interrupted
+        self._runner = runner
+
     def _on_signal(self, number: int) -> None:
         name = signal.Signals(number).name
+        runner = self._runner
         if self.signal_number is not None:
-            log.warning("run.stop_now", signal=name, failure_kind=None, in_flight=self._runner.in_flight)
-            self._runner.cancel_in_flight()
+            if runner is not None:
+                log.warning("run.stop_now", signal=name, failure_kind=None, in_flight=runner.in_flight)
+                runner.cancel_in_flight()
             return
+
         self.signal_number = number
+        if runner is None:
+            log.warning("run.stopping", signal=name, failure_kind=None, stopped_reason="interrupted", in_flight=0)
+            if self._guarded is not None:
+                self._guarded.cancel()
+            return
+
         log.warning(
             "run.stopping",
             signal=name,
+            failure_kind=None,
             stopped_reason="interrupted",
-            in_flight=self._runner.in_flight,
+            in_flight=runner.in_flight,
             grace_s=GRACE_S,
         )
-        self._runner.stop("interrupted")
-        self._grace = asyncio.get_running_loop().call_later(GRACE_S, self._runner.cancel_in_flight)
+        runner.stop("interrupted")
+        self._grace = asyncio.get_running_loop().call_later(GRACE_S, runner.cancel_in_flight)
 
 
 async def run_job(job: Job, options: RunOptions, *, sinks: LogSinks) -> int:
@@ -158,7 +208,12 @@ async def run_job(job: Job, options: RunOptions, *, sinks: LogSinks) -> int:
     structlog.contextvars.bind_contextvars(run_id=run_id)
 
     counts = check_prompts(job)
+    # asyncio.run turns a SIGINT during the synchronous check above into a cancellation of this
+    # task. This await delivers it, so the command ends with exit 130 before creating any file.
+    await asyncio.sleep(0)
+
     try:
+        make_private_dir(output_dir)
         make_private_dir(output_dir / "logs")
     except OSError as exc:
         raise JobError(
@@ -169,14 +224,26 @@ async def run_job(job: Job, options: RunOptions, *, sinks: LogSinks) -> int:
         log_path = output_dir / "logs" / f"{run_id}.jsonl"
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
         sinks.open_file(open(fd, "w", encoding="utf-8", newline="\n"))
+        stopper = _SignalStop()
+        stopper.install()
         try:
-            return await _run_locked(job, options, run_id=run_id, output_dir=output_dir, sinks=sinks, counts=counts)
+            return await _run_locked(
+                job, options, run_id=run_id, output_dir=output_dir, sinks=sinks, counts=counts, stopper=stopper
+            )
         finally:
+            stopper.remove()
             sinks.close_file()
 
 
 async def _run_locked(
-    job: Job, options: RunOptions, *, run_id: str, output_dir: Path, sinks: LogSinks, counts: PromptCheck
+    job: Job,
+    options: RunOptions,
+    *,
+    run_id: str,
+    output_dir: Path,
+    sinks: LogSinks,
+    counts: PromptCheck,
+    stopper: _SignalStop,
 ) -> int:
     prompt_count = counts.count
     started_at = utc_now_iso()
@@ -227,13 +294,15 @@ async def _run_locked(
                 max_connections=settings.concurrency + 2,
             ) as client:
                 credentials = _credentials(job, key, headers)
-                preflight = await run_preflight(
-                    client,
-                    mode=job.endpoint.preflight,
-                    model=job.model,
-                    models_used=counts.models or frozenset({job.model}),
-                    credentials=credentials,
-                    headers=headers,
+                preflight = await stopper.guard(
+                    run_preflight(
+                        client,
+                        mode=job.endpoint.preflight,
+                        model=job.model,
+                        models_used=counts.models or frozenset({job.model}),
+                        credentials=credentials,
+                        headers=headers,
+                    )
                 )
                 runner = Runner(
                     client=client,
@@ -243,15 +312,15 @@ async def _run_locked(
                     stats=stats,
                     run_id=run_id,
                 )
-                stopper = _SignalStop(runner)
-                stopper.install()
+                stopper.attach(runner)
                 bar_task = _start_progress(sinks, stats, total=prompt_count)
                 try:
                     stopped_reason = await runner.run()
                 finally:
-                    stopper.remove()
+                    # A signal after the runner returned finds nothing left to stop.
+                    signal_number = stopper.signal_number
                     await _stop_progress(sinks, bar_task)
-                exit_code = _exit_code(stats, stopped_reason, stopper.signal_number)
+                exit_code = _exit_code(stats, stopped_reason, signal_number)
                 if runner.stop_cause is not None:
                     stop_message = explain_stop(
                         runner.stop_cause,
@@ -260,6 +329,9 @@ async def _run_locked(
                         key_worked=preflight.method != "off" or stats.succeeded > 0,
                     )
                     _log_stop(runner.stop_cause, stop_message)
+    except _Interrupted:
+        stopped_reason = "interrupted"
+        exit_code = stopper.exit_code
     except BatcherError as exc:
         stopped_reason = exc.failure_kind if exc.failure_kind in _STOP_EXIT_CODES else None
         exit_code = exc.exit_code

@@ -9,6 +9,6 @@ loads = json.loads
 JSONDecodeError = json.JSONDecodeError
 
 
-def dumps(value: Any) -> str:
-    """Encode compactly as UTF-8 text, keeping non-ASCII characters readable."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+def dumps(value: Any, *, ascii_only: bool = False) -> str:
+    """Encode compactly, keeping non-ASCII characters readable unless `ascii_only` escapes them."""
+    return json.dumps(value, ensure_ascii=ascii_only, separators=(",", ":"))
