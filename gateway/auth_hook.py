@@ -1,0 +1,93 @@
+"""LiteLLM custom-auth hook: static test keys with limits, and a request log."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+
+from fastapi import Request
+from litellm.proxy._types import ProxyException, UserAPIKeyAuth
+
+# Name of the variable that contains the path of the JSON-lines request log.
+# The hook appends one line per request that reaches authentication, so a test
+# can count what arrived, by route and by key, from the proxy's side.
+REQUEST_LOG_ENV = "GATEWAY_REQUEST_LOG"
+
+# A test key is one of these prefixes, a hyphen and a suffix of letters and
+# digits that the test picks. LiteLLM counts limits per key, so a fresh suffix
+# gives each test its own rate-limit window on the one shared proxy.
+KEY_LIMITS: dict[str, dict[str, int]] = {
+    "sk-gw-unlimited": {},
+    "sk-gw-rpm2": {"rpm_limit": 2},
+    "sk-gw-tpm100": {"tpm_limit": 100},
+    "sk-gw-parallel1": {"max_parallel_requests": 1},
+}
+QUOTA_KEY_PREFIX = "sk-gw-quota"
+
+
+def fingerprint_key(api_key: str) -> str:
+    """Return a short SHA-256 digest that names a key without revealing it."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:12]
+
+
+def _split_test_key(api_key: str) -> tuple[str, str] | None:
+    prefix, separator, suffix = api_key.rpartition("-")
+    if not separator or not suffix.isalnum():
+        return None
+    return prefix, suffix
+
+
+def _record_request(request: Request, api_key: str, outcome: str) -> None:
+    log_path = os.environ.get(REQUEST_LOG_ENV)
+    if not log_path:
+        return
+
+    route = request.url.path.removeprefix("/v1")
+    entry = {
+        "time_s": time.time(),
+        "method": request.method,
+        "route": route,
+        "key_fingerprint": fingerprint_key(api_key) if api_key else None,
+        "outcome": outcome,
+    }
+    # One write of a whole line to a file opened for appending, so lines from
+    # concurrent requests do not interleave.
+    with open(log_path, "a", encoding="utf-8") as log_file:
+        log_file.write(json.dumps(entry) + "\n")
+
+
+async def user_api_key_auth(request: Request, api_key: str | None) -> UserAPIKeyAuth:
+    """Accept the test keys with their limits and reject every other key.
+
+    Raises:
+        ProxyException: 401 for a missing or unknown key, and 429 with type
+            `insufficient_quota` for the quota key.
+    """
+    # LiteLLM passes None when the request has no Authorization header.
+    api_key = api_key or ""
+    parts = _split_test_key(api_key)
+    prefix = parts[0] if parts else None
+
+    if prefix == QUOTA_KEY_PREFIX:
+        _record_request(request, api_key, "quota")
+        raise ProxyException(
+            message="You exceeded your current quota, please check your plan and billing details.",
+            type="insufficient_quota",
+            param=None,
+            code=429,
+            openai_code="insufficient_quota",
+        )
+
+    if prefix not in KEY_LIMITS:
+        _record_request(request, api_key, "unknown_key")
+        raise ProxyException(
+            message="Invalid API key: it is not one of the gateway test keys.",
+            type="auth_error",
+            param="api_key",
+            code=401,
+        )
+
+    _record_request(request, api_key, "accepted")
+    return UserAPIKeyAuth(api_key=api_key, key_alias=prefix, **KEY_LIMITS[prefix])
