@@ -1,0 +1,247 @@
+"""Client-side limits: evenly spaced request starts, a token budget, and a shared 429 cooldown."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from collections.abc import Mapping
+
+from asyncio_throttle import Throttler
+
+from batcher.rate_headers import AnnouncedLimits, read_announced_limits
+
+# Fraction of each limit kept unused, so that network jitter between our clock and the
+# server's cannot push a rolling window over the limit.
+SAFETY_MARGIN = 0.03
+
+
+class _SpacedThrottler(Throttler):
+    """asyncio-throttle's rolling window, woken exactly when a slot frees instead of polling.
+
+    The library's own `acquire` polls every `retry_interval` (10 ms by default), which costs CPU
+    for every waiting worker. Waiters here queue on a lock, and the one at the front sleeps until
+    the oldest start leaves the window.
+    """
+
+    def __init__(self, rate_limit: int, period: float) -> None:
+        super().__init__(rate_limit=rate_limit, period=period)
+        self._queue = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        async with self._queue:
+            while True:
+                self.flush()
+                if len(self._task_logs) < self.rate_limit:
+                    break
+                wait_s = self._task_logs[0] + self.period - time.monotonic()
+                await asyncio.sleep(max(wait_s, 0.0005))
+            self._task_logs.append(time.monotonic())
+
+
+class RequestRate:
+    """Starts at most `requests_per_minute` requests a minute, evenly spaced.
+
+    One start per interval of 60 / rpm seconds (widened by the safety margin) keeps every
+    rolling minute under the limit and every rolling second under ceil(rpm / 60).
+    """
+
+    def __init__(self, requests_per_minute: float) -> None:
+        self.requests_per_minute = requests_per_minute
+        interval_s = 60.0 / (requests_per_minute * (1.0 - SAFETY_MARGIN))
+        self._throttler = _SpacedThrottler(rate_limit=1, period=interval_s)
+
+    @property
+    def interval_s(self) -> float:
+        return self._throttler.period
+
+    async def acquire(self) -> None:
+        await self._throttler.acquire()
+
+
+class _TokenStart:
+    """One request's share of the token window."""
+
+    __slots__ = ("start_s", "tokens", "in_window")
+
+    def __init__(self, start_s: float, tokens: float) -> None:
+        self.start_s = start_s
+        self.tokens = tokens
+        self.in_window = True
+
+
+class TokenBudget:
+    """Keeps the estimated tokens started in any rolling 60 s window within `tokens_per_minute`.
+
+    Each start is recorded with its estimate and corrected by `settle` once the response's
+    `usage` is known. A request larger than the whole budget waits for an empty window and then
+    goes alone, so it is neither starved nor able to block the run forever.
+    """
+
+    window_s = 60.0
+
+    def __init__(self, tokens_per_minute: int) -> None:
+        self.tokens_per_minute = tokens_per_minute
+        self._budget = tokens_per_minute * (1.0 - SAFETY_MARGIN)
+        self._starts: deque[_TokenStart] = deque()
+        self._used = 0.0
+        self._queue = asyncio.Lock()
+
+    def _expire(self, now: float) -> None:
+        while self._starts and now - self._starts[0].start_s >= self.window_s:
+            expired = self._starts.popleft()
+            expired.in_window = False
+            self._used -= expired.tokens
+
+    async def acquire(self, tokens: int) -> _TokenStart:
+        """Wait until `tokens` fit in the window, record them, and return the entry to settle."""
+        needed = min(float(tokens), self._budget)
+        async with self._queue:
+            while True:
+                now = time.monotonic()
+                self._expire(now)
+                if self._used + needed <= self._budget or not self._starts:
+                    break
+                await asyncio.sleep(max(self._starts[0].start_s + self.window_s - now, 0.001))
+            entry = _TokenStart(now, needed)
+            self._starts.append(entry)
+            self._used += needed
+            return entry
+
+    def settle(self, entry: _TokenStart, actual_tokens: int) -> None:
+        """Replace a start's estimate by the tokens the response reports it used."""
+        actual = min(float(actual_tokens), self._budget)
+        if entry.in_window:
+            self._used += actual - entry.tokens
+        entry.tokens = actual
+
+
+class Cooldown:
+    """A pause that every worker waits out together after a 429."""
+
+    def __init__(self) -> None:
+        self._until = 0.0
+
+    @property
+    def remaining_s(self) -> float:
+        return max(self._until - time.monotonic(), 0.0)
+
+    def extend(self, wait_s: float) -> None:
+        """Make every worker wait at least `wait_s` seconds from now before its next request."""
+        self._until = max(self._until, time.monotonic() + wait_s)
+
+    async def wait(self) -> None:
+        while (remaining_s := self._until - time.monotonic()) > 0:
+            await asyncio.sleep(remaining_s)
+
+
+def backoff_s(attempt: int, *, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
+    """Return an exponential backoff with full jitter for the given attempt (1 = the first retry)."""
+    ceiling = min(max_s, base_s * (2.0 ** (attempt - 1)))
+    return (rng or random).uniform(0.0, ceiling)
+
+
+class Pacer:
+    """Everything a worker waits for before a request: cooldown, request rate and token budget.
+
+    The job's limits are used as given. Where the job sets none, the limits the endpoint
+    announces in `x-ratelimit-limit-*` take their place, a `x-ratelimit-remaining-*` of zero
+    pauses every worker until its reset, and a 429 with no announced limit sets a request rate
+    just under the rate that was succeeding, so the workers do not storm the endpoint.
+    """
+
+    # Seconds of successes used to estimate the rate the endpoint accepts after a 429.
+    _OBSERVE_WINDOW_S = 10.0
+    # After this many successes in a row, a learned rate is raised by `_INCREASE`.
+    _INCREASE_AFTER = 50
+    _INCREASE = 1.1
+    _DECREASE = 0.8
+
+    def __init__(self, *, requests_per_minute: float | None, tokens_per_minute: int | None) -> None:
+        self.cooldown = Cooldown()
+        self._request_rate = RequestRate(requests_per_minute) if requests_per_minute else None
+        self._token_budget = TokenBudget(tokens_per_minute) if tokens_per_minute else None
+        self._rate_fixed = requests_per_minute is not None
+        self._tokens_fixed = tokens_per_minute is not None
+        self._rate_learned = False
+        self._started_s = time.monotonic()
+        self._successes: deque[float] = deque()
+        self._successes_since_429 = 0
+
+    @property
+    def requests_per_minute(self) -> float | None:
+        return None if self._request_rate is None else self._request_rate.requests_per_minute
+
+    @property
+    def tokens_per_minute(self) -> int | None:
+        return None if self._token_budget is None else self._token_budget.tokens_per_minute
+
+    async def before_request(self, estimated_tokens: int) -> _TokenStart | None:
+        """Wait for the cooldown and the limits; return the token entry to settle, if any."""
+        await self.cooldown.wait()
+        if self._request_rate is not None:
+            await self._request_rate.acquire()
+        if self._token_budget is not None:
+            return await self._token_budget.acquire(estimated_tokens)
+        return None
+
+    def settle(self, entry: _TokenStart | None, total_tokens: int | None) -> None:
+        if entry is not None and total_tokens is not None and self._token_budget is not None:
+            self._token_budget.settle(entry, total_tokens)
+
+    def after_response(self, headers: Mapping[str, str], *, rate_limited: bool, wait_s: float) -> None:
+        """Adapt to what a response said; `wait_s` is the pause chosen after a 429."""
+        if rate_limited:
+            self.cooldown.extend(wait_s)
+            self._on_rate_limited()
+        else:
+            self._on_success()
+
+        announced = read_announced_limits(headers) if headers else None
+        if announced is None:
+            return
+        self._adopt_announced(announced)
+        if not rate_limited:
+            if announced.remaining_requests == 0 and announced.reset_requests_s:
+                self.cooldown.extend(announced.reset_requests_s)
+            if announced.remaining_tokens == 0 and announced.reset_tokens_s:
+                self.cooldown.extend(announced.reset_tokens_s)
+
+    def _adopt_announced(self, announced: AnnouncedLimits) -> None:
+        rpm = announced.requests_per_minute
+        if not self._rate_fixed and rpm and rpm > 0:
+            if self._request_rate is None or self._rate_learned or self._request_rate.requests_per_minute != rpm:
+                self._request_rate = RequestRate(rpm)
+                self._rate_learned = False
+                self._rate_fixed = True
+        tpm = announced.tokens_per_minute
+        if not self._tokens_fixed and tpm and tpm > 0:
+            self._token_budget = TokenBudget(tpm)
+            self._tokens_fixed = True
+
+    def _on_success(self) -> None:
+        now = time.monotonic()
+        self._successes.append(now)
+        while now - self._successes[0] > self._OBSERVE_WINDOW_S:
+            self._successes.popleft()
+        if self._rate_learned:
+            self._successes_since_429 += 1
+            if self._successes_since_429 >= self._INCREASE_AFTER and self._request_rate is not None:
+                self._request_rate = RequestRate(self._request_rate.requests_per_minute * self._INCREASE)
+                self._successes_since_429 = 0
+
+    def _on_rate_limited(self) -> None:
+        self._successes_since_429 = 0
+        if self._rate_fixed:
+            return
+        if self._request_rate is not None:
+            self._request_rate = RequestRate(max(self._request_rate.requests_per_minute * self._DECREASE, 1.0))
+            return
+
+        now = time.monotonic()
+        span_s = min(self._OBSERVE_WINDOW_S, max(now - self._started_s, 1.0))
+        recent = sum(1 for started in self._successes if now - started <= span_s)
+        per_minute = max(recent / span_s * 60.0, 1.0)
+        self._request_rate = RequestRate(per_minute)
+        self._rate_learned = True

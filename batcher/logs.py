@@ -1,0 +1,103 @@
+"""structlog configuration: JSON lines to the run's log file, and a copy on stderr."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+import structlog
+
+from batcher.jsonl import dumps
+
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+_REDACTED = "[REDACTED]"
+
+
+class LogSinks:
+    """Writes each event as one JSON line to the log file, and to stderr for a person.
+
+    On a terminal stderr gets structlog's readable console format; otherwise (cron, CI, a
+    redirect) it gets the same JSON lines as the file, with no colour and no carriage return.
+    """
+
+    def __init__(
+        self,
+        *,
+        stderr: TextIO,
+        show_progress: bool = True,
+        stderr_level: str = "info",
+        file_level: str = "info",
+    ) -> None:
+        self._file: TextIO | None = None
+        self._stderr = stderr
+        self._stderr_level = _LEVELS[stderr_level]
+        self._file_level = _LEVELS[file_level]
+        self._is_tty = stderr.isatty()
+        self._console = structlog.dev.ConsoleRenderer(colors=self._is_tty) if self._is_tty else None
+        self._secrets: tuple[str, ...] = ()
+        # The terminal's progress bar, cleared before a log line is printed and redrawn after.
+        self.progress: Any = None
+        self.show_progress = show_progress and self._is_tty
+        self.min_level = min(self._stderr_level, self._file_level)
+
+    def open_file(self, file: TextIO) -> None:
+        self._file = file
+
+    def close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def add_secrets(self, secrets: Iterable[str]) -> None:
+        """Register strings (the API key) that must never reach a log line."""
+        self._secrets = tuple({*self._secrets, *(s for s in secrets if s)})
+
+    def __call__(self, logger: Any, method_name: str, event_dict: dict[str, Any]) -> Any:
+        level = _LEVELS.get(event_dict.get("level", method_name), 20)
+        if self._secrets:
+            event_dict = {key: self._redact(value) for key, value in event_dict.items()}
+        line = None
+        if self._file is not None and level >= self._file_level:
+            line = dumps(event_dict)
+            self._file.write(line + "\n")
+            self._file.flush()
+        if level >= self._stderr_level:
+            if self.progress is not None:
+                self.progress.clear()
+            if self._console is not None:
+                self._stderr.write(self._console(logger, method_name, dict(event_dict)) + "\n")
+            else:
+                self._stderr.write((line or dumps(event_dict)) + "\n")
+            self._stderr.flush()
+            if self.progress is not None:
+                self.progress.draw()
+        raise structlog.DropEvent
+
+    def _redact(self, value: Any) -> Any:
+        if isinstance(value, str):
+            for secret in self._secrets:
+                if secret in value:
+                    value = value.replace(secret, _REDACTED)
+            return value
+        if isinstance(value, dict):
+            return {key: self._redact(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [self._redact(item) for item in value]
+        return value
+
+
+def configure_logging(sinks: LogSinks) -> None:
+    """Configure structlog once, from the CLI entry point."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            sinks,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(sinks.min_level),
+        logger_factory=structlog.ReturnLoggerFactory(),
+        cache_logger_on_first_use=False,
+    )
+

@@ -1,0 +1,107 @@
+"""Key checks, fingerprints and the headers built for every request."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from batcher.auth import build_headers, check_key, describe_headers, fingerprint, read_key
+from batcher.errors import AuthError, ExitCode
+
+GOOD_KEY = "sk-proj-" + "a1B2c3D4e5" * 4 + "cdef"
+
+
+def test_fingerprint_hides_the_key() -> None:
+    assert fingerprint(GOOD_KEY) == "sk-...cdef"
+    assert fingerprint("short") == "<5 characters>"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("sk-...", "placeholder"),
+        ("your-api-key", "placeholder"),
+        ("YOUR_OPENAI_API_KEY", "placeholder"),
+        ("<your key here>", "placeholder"),
+        ("changeme", "placeholder"),
+        ("undefined", "placeholder"),
+        ("null", "placeholder"),
+        ("None", "placeholder"),
+        ("$OPENAI_API_KEY", "never expanded"),
+        ("${OPENAI_API_KEY}", "never expanded"),
+        (f'"{GOOD_KEY}"', "quotes"),
+        (f"'{GOOD_KEY}'", "quotes"),
+        (f"\u201c{GOOD_KEY}\u201d", "quotes"),
+        (f"Bearer {GOOD_KEY}", "Bearer"),
+        (GOOD_KEY[:10] + " " + GOOD_KEY[10:], "whitespace"),
+        (GOOD_KEY[:10] + "\x07" + GOOD_KEY[10:], "control character"),
+        (GOOD_KEY[:10] + "\u200b" + GOOD_KEY[10:], "non-ASCII"),
+    ],
+)
+def test_malformed_key_is_rejected(raw: str, expected: str) -> None:
+    with pytest.raises(AuthError) as caught:
+        check_key(raw, source="the variable OPENAI_API_KEY")
+
+    message = caught.value.message
+    assert expected in message
+    assert "OPENAI_API_KEY" in message
+    assert GOOD_KEY not in message
+    assert caught.value.exit_code == ExitCode.AUTH
+    assert caught.value.failure_kind == "auth"
+
+
+def test_surrounding_whitespace_is_trimmed_with_warning() -> None:
+    key = check_key(GOOD_KEY + "\r\n", source="the key file k")
+
+    assert key.value == GOOD_KEY
+    assert len(key.warnings) == 1
+    assert "Trimmed" in key.warnings[0]
+
+
+def test_unset_variable() -> None:
+    with pytest.raises(AuthError, match="OPENAI_API_KEY is not set"):
+        read_key(api_key_env="OPENAI_API_KEY", api_key_file=None, environ={})
+
+
+def test_empty_variable() -> None:
+    with pytest.raises(AuthError, match="set but empty"):
+        read_key(api_key_env="MY_KEY", api_key_file=None, environ={"MY_KEY": "  "})
+
+
+def test_key_file_with_windows_line_ending(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_bytes(GOOD_KEY.encode() + b"\r\n")
+
+    key = read_key(api_key_env="UNUSED", api_key_file=key_file, environ={})
+
+    assert key.value == GOOD_KEY
+    assert key.warnings
+
+
+def test_missing_key_file(tmp_path: Path) -> None:
+    with pytest.raises(AuthError, match="does not exist"):
+        read_key(api_key_env="UNUSED", api_key_file=tmp_path / "nope", environ={})
+
+
+def test_key_repr_shows_fingerprint_only() -> None:
+    key = check_key(GOOD_KEY, source="s")
+
+    assert GOOD_KEY not in repr(key)
+    assert GOOD_KEY not in str(key)
+
+
+def test_headers_without_organization_or_project() -> None:
+    headers = build_headers(check_key(GOOD_KEY, source="s"), organization=None, project="")
+
+    assert headers["Authorization"] == f"Bearer {GOOD_KEY}"
+    assert "OpenAI-Organization" not in headers
+    assert "OpenAI-Project" not in headers
+
+
+def test_headers_with_organization_and_project() -> None:
+    headers = build_headers(check_key(GOOD_KEY, source="s"), organization="org-a", project="proj_b")
+
+    assert headers["OpenAI-Organization"] == "org-a"
+    assert headers["OpenAI-Project"] == "proj_b"
+    assert describe_headers(headers)["Authorization"] == "Bearer sk-...cdef"

@@ -1,0 +1,146 @@
+"""Request spacing, token budget, shared cooldown and backoff, on small real windows."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import pytest
+
+from batcher.limits import SAFETY_MARGIN, Cooldown, Pacer, RequestRate, TokenBudget, backoff_s
+
+
+def test_request_rate_spaces_starts_evenly() -> None:
+    rate = RequestRate(1200)  # one start every 51.5 ms with the margin
+    starts: list[float] = []
+
+    async def worker() -> None:
+        for _ in range(3):
+            await rate.acquire()
+            starts.append(time.monotonic())
+
+    async def main() -> None:
+        await asyncio.gather(*(worker() for _ in range(4)))
+
+    asyncio.run(main())
+
+    gaps = [later - earlier for earlier, later in zip(starts, starts[1:])]
+    assert len(starts) == 12
+    assert min(gaps) >= rate.interval_s * 0.95
+    assert rate.interval_s == pytest.approx(60 / (1200 * (1 - SAFETY_MARGIN)))
+
+
+def test_token_budget_waits_for_the_window() -> None:
+    budget = TokenBudget(1000)
+    budget.window_s = 0.3
+
+    async def main() -> float:
+        await budget.acquire(600)
+        started = time.monotonic()
+        await budget.acquire(600)
+        return time.monotonic() - started
+
+    waited_s = asyncio.run(main())
+
+    assert 0.25 <= waited_s < 1.0
+
+
+def test_token_budget_settle_frees_tokens() -> None:
+    budget = TokenBudget(1000)
+    budget.window_s = 5.0
+
+    async def main() -> float:
+        entry = await budget.acquire(900)
+        budget.settle(entry, 100)
+        started = time.monotonic()
+        await budget.acquire(800)
+        return time.monotonic() - started
+
+    assert asyncio.run(main()) < 0.1
+
+
+def test_oversized_request_goes_alone() -> None:
+    budget = TokenBudget(100)
+    budget.window_s = 0.2
+
+    async def main() -> None:
+        await budget.acquire(5000)
+        await asyncio.wait_for(budget.acquire(5000), timeout=2.0)
+
+    asyncio.run(main())
+
+
+def test_cooldown_holds_every_waiter() -> None:
+    cooldown = Cooldown()
+
+    async def main() -> list[float]:
+        cooldown.extend(0.2)
+        started = time.monotonic()
+
+        async def waiter() -> float:
+            await cooldown.wait()
+            return time.monotonic() - started
+
+        return await asyncio.gather(*(waiter() for _ in range(5)))
+
+    assert all(waited >= 0.19 for waited in asyncio.run(main()))
+
+
+def test_cooldown_never_shrinks() -> None:
+    cooldown = Cooldown()
+    cooldown.extend(10.0)
+    cooldown.extend(0.1)
+
+    assert cooldown.remaining_s > 9.0
+
+
+def test_backoff_is_jittered_and_capped() -> None:
+    rng = random.Random(7)
+    waits = [backoff_s(attempt, base_s=1.0, max_s=8.0, rng=rng) for attempt in range(1, 10)]
+
+    assert all(0.0 <= wait <= 8.0 for wait in waits)
+    assert len(set(waits)) == len(waits)
+    assert backoff_s(1, base_s=1.0, max_s=8.0, rng=random.Random(1)) <= 1.0
+
+
+def test_pacer_adopts_announced_limits() -> None:
+    pacer = Pacer(requests_per_minute=None, tokens_per_minute=None)
+
+    pacer.after_response({"x-ratelimit-limit-requests": "600", "x-ratelimit-limit-tokens": "50000"}, rate_limited=False, wait_s=0.0)
+
+    assert pacer.requests_per_minute == 600
+    assert pacer.tokens_per_minute == 50000
+
+
+def test_pacer_keeps_the_jobs_limits() -> None:
+    pacer = Pacer(requests_per_minute=100, tokens_per_minute=1000)
+
+    pacer.after_response({"x-ratelimit-limit-requests": "600", "x-ratelimit-limit-tokens": "50000"}, rate_limited=False, wait_s=0.0)
+
+    assert pacer.requests_per_minute == 100
+    assert pacer.tokens_per_minute == 1000
+
+
+def test_pacer_pauses_when_remaining_is_zero() -> None:
+    pacer = Pacer(requests_per_minute=None, tokens_per_minute=None)
+
+    pacer.after_response(
+        {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s"},
+        rate_limited=False,
+        wait_s=0.0,
+    )
+
+    assert pacer.cooldown.remaining_s > 1.5
+
+
+def test_pacer_learns_a_rate_from_a_429() -> None:
+    pacer = Pacer(requests_per_minute=None, tokens_per_minute=None)
+    for _ in range(10):
+        pacer.after_response({}, rate_limited=False, wait_s=0.0)
+
+    pacer.after_response({}, rate_limited=True, wait_s=0.5)
+
+    assert pacer.requests_per_minute is not None
+    assert pacer.requests_per_minute <= 10 * 60
+    assert pacer.cooldown.remaining_s > 0.4
