@@ -23,8 +23,13 @@ KEY_LIMITS: dict[str, dict[str, int]] = {
     "sk-gw-rpm2": {"rpm_limit": 2},
     "sk-gw-tpm100": {"tpm_limit": 100},
     "sk-gw-parallel1": {"max_parallel_requests": 1},
+    "sk-gw-quota": {},
 }
+# The quota key lists models but gets a 429 `insufficient_quota` on every other
+# route. A client's preflight passes and the quota shows on the first chat
+# completion, which models an account whose credit runs out mid-batch.
 QUOTA_KEY_PREFIX = "sk-gw-quota"
+MODEL_LIST_ROUTE = "/models"
 
 
 def fingerprint_key(api_key: str) -> str:
@@ -32,11 +37,15 @@ def fingerprint_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()[:12]
 
 
-def _split_test_key(api_key: str) -> tuple[str, str] | None:
+def _key_prefix(api_key: str) -> str | None:
     prefix, separator, suffix = api_key.rpartition("-")
     if not separator or not suffix.isalnum():
         return None
-    return prefix, suffix
+    return prefix
+
+
+def _route(request: Request) -> str:
+    return request.url.path.removeprefix("/v1")
 
 
 def _record_request(request: Request, api_key: str, outcome: str) -> None:
@@ -44,11 +53,10 @@ def _record_request(request: Request, api_key: str, outcome: str) -> None:
     if not log_path:
         return
 
-    route = request.url.path.removeprefix("/v1")
     entry = {
         "time_s": time.time(),
         "method": request.method,
-        "route": route,
+        "route": _route(request),
         "key_fingerprint": fingerprint_key(api_key) if api_key else None,
         "outcome": outcome,
     }
@@ -63,22 +71,11 @@ async def user_api_key_auth(request: Request, api_key: str | None) -> UserAPIKey
 
     Raises:
         ProxyException: 401 for a missing or unknown key, and 429 with type
-            `insufficient_quota` for the quota key.
+            `insufficient_quota` for the quota key outside the model list.
     """
     # LiteLLM passes None when the request has no Authorization header.
     api_key = api_key or ""
-    parts = _split_test_key(api_key)
-    prefix = parts[0] if parts else None
-
-    if prefix == QUOTA_KEY_PREFIX:
-        _record_request(request, api_key, "quota")
-        raise ProxyException(
-            message="You exceeded your current quota, please check your plan and billing details.",
-            type="insufficient_quota",
-            param=None,
-            code=429,
-            openai_code="insufficient_quota",
-        )
+    prefix = _key_prefix(api_key)
 
     if prefix not in KEY_LIMITS:
         _record_request(request, api_key, "unknown_key")
@@ -87,6 +84,16 @@ async def user_api_key_auth(request: Request, api_key: str | None) -> UserAPIKey
             type="auth_error",
             param="api_key",
             code=401,
+        )
+
+    if prefix == QUOTA_KEY_PREFIX and _route(request) != MODEL_LIST_ROUTE:
+        _record_request(request, api_key, "quota")
+        raise ProxyException(
+            message="You exceeded your current quota, please check your plan and billing details.",
+            type="insufficient_quota",
+            param=None,
+            code=429,
+            openai_code="insufficient_quota",
         )
 
     _record_request(request, api_key, "accepted")

@@ -110,6 +110,12 @@ def test_missing_key_gets_json_401(base_url: str) -> None:
     assert reply.body["error"]["code"] == "401"
 
 
+def test_quota_key_lists_models(base_url: str) -> None:
+    [reply] = fetch_all("GET", f"{base_url}/models", new_key("sk-gw-quota"), [None])
+
+    assert reply.status == 200
+
+
 def test_quota_key_gets_insufficient_quota(base_url: str) -> None:
     api_key = new_key("sk-gw-quota")
 
