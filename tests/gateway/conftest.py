@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from gateway_support import BASE_URL_ENV, CLI_TIMEOUT_S, KEY_ENV, BatcherRun
+from gateway_support import BASE_URL_ENV, CLI_TIMEOUT_S, KEY_ENV, BatcherRun, RunBatcher
 
 
 @pytest.fixture(autouse=True)
@@ -25,9 +24,6 @@ def _require_gateway() -> None:
 def base_url() -> str:
     """Return the proxy's OpenAI-compatible base URL, ending in /v1."""
     return os.environ[BASE_URL_ENV]
-
-
-RunBatcher = Callable[[dict[str, Any], "str | None"], BatcherRun]
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,11 +53,10 @@ def read_proxy_requests(api_key: str) -> list[ProxyRequest]:
     return requests
 
 
-def count_requests_without_key() -> int:
-    """Return how many requests reached the proxy's auth hook with no key at all."""
+def count_proxy_requests() -> int:
+    """Return how many requests, with any key or none, reached the proxy's auth hook."""
     log_path = Path(os.environ[REQUEST_LOG_ENV])
-    lines = log_path.read_text(encoding="utf-8").splitlines()
-    return sum(1 for line in lines if json.loads(line)["key_fingerprint"] is None)
+    return len(log_path.read_text(encoding="utf-8").splitlines())
 
 
 @dataclass(frozen=True)
@@ -110,3 +110,8 @@ def build_job(
         "prompts": [{"id": f"p{index}", "prompt": f"hello {index}"} for index in range(prompt_count)],
         "output_dir": str(output_dir),
     }
+
+
+# run_batcher(job, api_key): runs `batcher run` with the key in GW_KEY, or with
+# GW_KEY unset when api_key is None.
+RunBatcher = Callable[[dict[str, Any], "str | None"], BatcherRun]
