@@ -81,8 +81,20 @@ stop_proxy() {
     wait "$proxy_pid" 2>/dev/null || true
 }
 
+# pytest runs in a process group of its own, so that an interrupted run also
+# ends the batcher subprocess of the test in progress.
+stop_tests() {
+    if [[ -z ${pytest_pid:-} ]] || ! kill -0 "$pytest_pid" 2>/dev/null; then
+        return
+    fi
+
+    kill -TERM -- "-$pytest_pid" 2>/dev/null || true
+    wait "$pytest_pid" 2>/dev/null || true
+}
+
 cleanup() {
     local status=$?
+    stop_tests
     stop_proxy
     if [[ $status -ne 0 && -f ${work_dir:-}/proxy.log ]]; then
         log "last lines of the proxy log:"
@@ -150,9 +162,13 @@ main() {
 
     wait_until_healthy "http://127.0.0.1:$port/health/liveliness"
 
+    # In the background, because bash runs a signal trap only once the
+    # foreground command has finished, and `wait` returns at once on a signal.
     GATEWAY_BASE_URL="http://127.0.0.1:$port/v1" \
         GATEWAY_REQUEST_LOG="$request_log" \
-        "$BATCHER_PYTHON" -m pytest -m gateway tests/gateway "$@"
+        setsid "$BATCHER_PYTHON" -m pytest -m gateway tests/gateway "$@" &
+    pytest_pid=$!
+    wait "$pytest_pid"
 }
 
 main "$@"
