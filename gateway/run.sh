@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run the gateway tests: set up .venv-gateway, start the LiteLLM proxy on
 # loopback, run `pytest -m gateway tests/gateway` against it with the batcher
-# venv, and stop the proxy whatever happens. Arguments go to pytest.
+# venv, and stop the proxy on every exit path (SIGKILL of this script excepted).
+# Arguments go to pytest.
 #
 # Environment:
 #   PYTHON                      interpreter that creates .venv-gateway (python3)
@@ -27,7 +28,7 @@ log() {
 
 install_gateway_venv() {
     if [[ -f $GATEWAY_STAMP && $GATEWAY_STAMP -nt gateway/requirements.txt && $GATEWAY_STAMP -nt gateway/constraints.txt ]]; then
-        return
+        return 0
     fi
 
     log "installing the LiteLLM proxy into $GATEWAY_VENV"
@@ -46,11 +47,11 @@ install_gateway_venv() {
 # only loopback turns any such attempt into an immediate local error.
 enter_private_network() {
     if [[ $GATEWAY_NETNS == off || -n ${GATEWAY_IN_NETNS:-} ]]; then
-        return
+        return 0
     fi
     if ! unshare -n true 2>/dev/null; then
         log "unshare -n is not permitted here; running in the host network namespace"
-        return
+        return 0
     fi
 
     log "running in a private network namespace (loopback only)"
@@ -66,7 +67,7 @@ with socket.socket() as probe:
 
 stop_proxy() {
     if [[ -z ${proxy_pid:-} ]] || ! kill -0 "$proxy_pid" 2>/dev/null; then
-        return
+        return 0
     fi
 
     kill -TERM "$proxy_pid" 2>/dev/null || true
@@ -85,7 +86,7 @@ stop_proxy() {
 # ends the batcher subprocess of the test in progress.
 stop_tests() {
     if [[ -z ${pytest_pid:-} ]] || ! kill -0 "$pytest_pid" 2>/dev/null; then
-        return
+        return 0
     fi
 
     kill -TERM -- "-$pytest_pid" 2>/dev/null || true
@@ -94,6 +95,8 @@ stop_tests() {
 
 cleanup() {
     local status=$?
+    # A failing step here must not skip the ones after it, stop_proxy above all.
+    set +e
     stop_tests
     stop_proxy
     if [[ $status -ne 0 && -f ${work_dir:-}/proxy.log ]]; then
