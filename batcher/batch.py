@@ -17,7 +17,7 @@ import structlog
 
 from batcher.auth import ApiKey, build_headers, describe_headers, read_key
 from batcher.client import ApiClient
-from batcher.errors import BatcherError, ExitCode
+from batcher.errors import BatcherError, ExitCode, JobError
 from batcher.job import Job
 from batcher.logs import LogSinks
 from batcher.progress import ProgressBar
@@ -149,8 +149,13 @@ async def run_job(job: Job, options: RunOptions, *, sinks: LogSinks) -> int:
     structlog.contextvars.bind_contextvars(run_id=run_id)
 
     counts = check_prompts(job)
-    make_private_dir(output_dir)
-    make_private_dir(output_dir / "logs")
+    try:
+        make_private_dir(output_dir / "logs")
+    except OSError as exc:
+        raise JobError(
+            f"Cannot create the output folder {output_dir}: {exc.strerror}. "
+            f"Choose a writable folder with --output-dir or `output_dir` in the job file."
+        ) from None
     with RunLock(output_dir):
         log_path = output_dir / "logs" / f"{run_id}.jsonl"
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)

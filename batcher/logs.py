@@ -14,10 +14,10 @@ _REDACTED = "[REDACTED]"
 
 
 class LogSinks:
-    """Writes each event as one JSON line to the log file, and to stderr for a person.
+    """Writes each event as one JSON line to the log file, and a copy to stderr.
 
-    On a terminal stderr gets structlog's readable console format; otherwise (cron, CI, a
-    redirect) it gets the same JSON lines as the file, with no colour and no carriage return.
+    On a terminal, stderr gets structlog's readable console format. Elsewhere (cron, CI, a
+    redirect) it gets the file's JSON lines, with no colour and no carriage return.
     """
 
     def __init__(

@@ -25,8 +25,8 @@ LOCK_NAME = ".lock"
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
-# Lines reach the OS at once (a killed process loses nothing written); they reach the disk
-# with an fsync at most this often, so a power loss can lose about this much of the file.
+# Each line reaches the OS in one write, so a killed process loses nothing it wrote. An fsync
+# runs at most this often, so a power loss can lose about the last second of lines.
 FSYNC_INTERVAL_S = 1.0
 
 _ID_PREFIX = b'{"id":"'
@@ -45,7 +45,7 @@ def _id_hash(prompt_id: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class ResumeState:
-    """What `ResultsStore.open` found in an earlier run's results file."""
+    """Counts from reading an earlier run's results file."""
 
     succeeded: int
     lines: int
