@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -30,6 +31,12 @@ KEY_LIMITS: dict[str, dict[str, int]] = {
 # completion, which models an account whose credit runs out mid-batch.
 QUOTA_KEY_PREFIX = "sk-gw-quota"
 MODEL_LIST_ROUTE = "/models"
+
+# Seconds the hook delays each request of these keys before LiteLLM's rate
+# limiter sees it. A client's burst of concurrent requests then arrives in full
+# before the first 429 goes back, even on a loaded machine, so the number of
+# requests that get through does not depend on scheduling.
+AUTH_DELAY_S: dict[str, float] = {"sk-gw-rpm2": 1.0}
 
 
 def fingerprint_key(api_key: str) -> str:
@@ -97,4 +104,5 @@ async def user_api_key_auth(request: Request, api_key: str | None) -> UserAPIKey
         )
 
     _record_request(request, api_key, "accepted")
+    await asyncio.sleep(AUTH_DELAY_S.get(prefix, 0.0))
     return UserAPIKeyAuth(api_key=api_key, key_alias=prefix, **KEY_LIMITS[prefix])
