@@ -34,8 +34,9 @@ MODEL_LIST_ROUTE = "/models"
 
 # Seconds the hook delays each request of these keys before LiteLLM's rate
 # limiter sees it. A client's burst of concurrent requests then arrives in full
-# before the first 429 goes back, even on a loaded machine, so the number of
-# requests that get through does not depend on scheduling.
+# before the first 429 goes back, unless sending the burst takes the client
+# over a second, so the number of requests that get through does not depend on
+# scheduling.
 AUTH_DELAY_S: dict[str, float] = {"sk-gw-rpm2": 1.0}
 
 
