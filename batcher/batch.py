@@ -9,7 +9,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,8 @@ from batcher.logs import LogSinks
 from batcher.progress import ProgressBar
 from batcher.preflight import PreflightResult, SentCredentials, run_preflight
 from batcher.prompts import PromptCheck, check_prompts, iter_prompts
-from batcher.runner import Runner, RunSettings
+from batcher.runner import Runner, RunSettings, StopCause
+from batcher.stops import explain_stop
 from batcher.store import SUMMARY_NAME, FILE_MODE, ResultsStore, RunLock, make_private_dir, write_json_atomically
 from batcher.summary import RunStats, build_summary, utc_now_iso
 
@@ -82,17 +83,25 @@ def _warn_key(key: ApiKey | None) -> None:
     if key is None:
         return
     for warning in key.warnings:
-        log.warning("key.trimmed", message=warning, key=key.fingerprint)
+        log.warning("key.warning", message=warning, key=key.fingerprint, key_source=key.source)
 
 
-async def check_job(job: Job, *, sinks: LogSinks) -> PreflightResult:
-    """Run the key checks and the preflight only; raise the error that ends the check."""
+async def check_job(
+    job: Job, *, sinks: LogSinks, show_headers: Callable[[dict[str, str]], None] | None = None
+) -> PreflightResult:
+    """Run the key checks and the preflight only; raise the error that ends the check.
+
+    `show_headers` receives the request headers, with the key as a fingerprint, before the
+    preflight sends anything.
+    """
     counts = check_prompts(job)
     async with endpoint_for(job) as (base_url, key):
         if key is not None:
             sinks.add_secrets([key.value])
         _warn_key(key)
         headers = build_headers(key, organization=job.endpoint.organization, project=job.endpoint.project)
+        if show_headers is not None:
+            show_headers(describe_headers(headers))
         async with ApiClient(base_url, headers=headers, timeout_s=job.endpoint.timeout_s, max_connections=2) as client:
             return await run_preflight(
                 client,
@@ -191,6 +200,7 @@ async def _run_locked(
         )
 
     stopped_reason: str | None = None
+    stop_message: str | None = None
     exit_code: int = ExitCode.OK
     client: ApiClient | None = None
     try:
@@ -216,12 +226,13 @@ async def _run_locked(
                 timeout_s=job.endpoint.timeout_s,
                 max_connections=settings.concurrency + 2,
             ) as client:
-                await run_preflight(
+                credentials = _credentials(job, key, headers)
+                preflight = await run_preflight(
                     client,
                     mode=job.endpoint.preflight,
                     model=job.model,
                     models_used=counts.models or frozenset({job.model}),
-                    credentials=_credentials(job, key, headers),
+                    credentials=credentials,
                     headers=headers,
                 )
                 runner = Runner(
@@ -241,6 +252,14 @@ async def _run_locked(
                     stopper.remove()
                     await _stop_progress(sinks, bar_task)
                 exit_code = _exit_code(stats, stopped_reason, stopper.signal_number)
+                if runner.stop_cause is not None:
+                    stop_message = explain_stop(
+                        runner.stop_cause,
+                        credentials=credentials,
+                        stats=stats,
+                        key_worked=preflight.method != "off" or stats.succeeded > 0,
+                    )
+                    _log_stop(runner.stop_cause, stop_message)
     except BatcherError as exc:
         stopped_reason = exc.failure_kind if exc.failure_kind in _STOP_EXIT_CODES else None
         exit_code = exc.exit_code
@@ -252,16 +271,33 @@ async def _run_locked(
         )
         _finish(
             store, stats, run_id=run_id, job=job, output_dir=output_dir, started_at=started_at,
-            started=started, requests_sent=client.requests_sent if client else 0,
+            started=started, client=client,
             stopped_reason=stopped_reason, exit_code=exit_code, prompt_count=prompt_count,
         )
         raise
     _finish(
         store, stats, run_id=run_id, job=job, output_dir=output_dir, started_at=started_at,
-        started=started, requests_sent=client.requests_sent if client else 0,
+        started=started, client=client,
         stopped_reason=stopped_reason, exit_code=exit_code, prompt_count=prompt_count,
     )
+    if stop_message is not None:
+        # Printed last, like the message of an error that ends the command.
+        print(f"batcher: {stop_message}", file=sys.stderr)
     return exit_code
+
+
+def _log_stop(cause: StopCause, message: str) -> None:
+    failure = cause.failure
+    log.error(
+        "run.stopped",
+        stopped_reason=failure.kind.value,
+        failure_kind=failure.kind.value,
+        prompt_id=cause.prompt_id,
+        status=failure.status,
+        code=failure.code,
+        request_id=failure.request_id,
+        message=message,
+    )
 
 
 def _start_progress(sinks: LogSinks, stats: RunStats, *, total: int) -> asyncio.Task[None] | None:
@@ -303,7 +339,7 @@ def _finish(
     output_dir: Path,
     started_at: str,
     started: float,
-    requests_sent: int,
+    client: ApiClient | None,
     stopped_reason: str | None,
     exit_code: int,
     prompt_count: int,
@@ -312,6 +348,9 @@ def _finish(
     if stats.total < prompt_count:
         # The run ended before the producer read every prompt (a preflight failure).
         stats.total = prompt_count
+    if client is not None:
+        # The client also counts the preflight's 429s, which never reach the runner.
+        stats.rate_limited_responses = client.rate_limited_responses
     summary = build_summary(
         stats,
         run_id=run_id,
@@ -320,7 +359,7 @@ def _finish(
         started_at=started_at,
         finished_at=utc_now_iso(),
         duration_s=time.monotonic() - started,
-        requests_sent=requests_sent,
+        requests_sent=client.requests_sent if client is not None else 0,
         stopped_reason=stopped_reason,
         exit_code=int(exit_code),
     )

@@ -42,6 +42,14 @@ class RunSettings:
     limit: int | None = None
 
 
+@dataclass(frozen=True)
+class StopCause:
+    """The response that stopped the run (auth, permission or quota) and the prompt it answered."""
+
+    prompt_id: str
+    failure: Failure
+
+
 _END = object()
 
 
@@ -78,6 +86,8 @@ class Runner:
             tokens_per_minute=settings.tokens_per_minute,
         )
         self.stopped_reason: str | None = None
+        # The first response that stopped the run; None when the run was not stopped by one.
+        self.stop_cause: StopCause | None = None
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(settings.concurrency * 2, 16))
         self._workers: list[asyncio.Task[None]] = []
         self._sending: set[asyncio.Task[Any]] = set()
@@ -180,6 +190,8 @@ class Runner:
             )
             if failure.stops_run:
                 self._record_failure(prompt, failure, attempt)
+                if self.stop_cause is None and self.stopped_reason is None:
+                    self.stop_cause = StopCause(prompt_id=prompt.id, failure=failure)
                 self.stop(failure.kind.value)
                 return
             give_up = not failure.retryable or attempt >= self._settings.max_attempts
