@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 JOB ?= jobs/example.yaml
 PYTEST_ARGS ?=
 
-.PHONY: run test bench clean
+.PHONY: run test test-gateway bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Integration tests against LiteLLM's proxy on loopback; gateway/run.sh sets
+# up .venv-gateway, starts and stops the proxy.
+test-gateway: $(STAMP)
+	PYTHON=$(PYTHON) bash gateway/run.sh $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
