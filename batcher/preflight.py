@@ -239,7 +239,8 @@ def diagnose_401(failure: Failure, *, credentials: SentCredentials, what: str) -
         return f"{what} returned 401: no API key was sent. Set the key; sent {credentials.describe()}."
     source = credentials.key.source if credentials.key is not None else "the key variable or file"
     return (
-        f"{what} returned 401 ({code}): the server rejected the key as invalid. Sent "
+        f"{what} returned 401{'' if code == '401' else f' ({code})'}: the server rejected the key "
+        f"as invalid. Sent "
         f"{credentials.describe()}. Check that {source} holds a valid key for this endpoint, "
         f"or create a new key."
     )

@@ -189,7 +189,7 @@ class Runner:
                 reply.headers, rate_limited=failure.kind is FailureKind.RATE_LIMIT, wait_s=wait_s
             )
             if failure.stops_run:
-                self._record_failure(prompt, failure, attempt)
+                self._record_failure(prompt, failure, attempt, reason="stops the run")
                 if self.stop_cause is None and self.stopped_reason is None:
                     self.stop_cause = StopCause(prompt_id=prompt.id, failure=failure)
                 self.stop(failure.kind.value)
@@ -197,7 +197,13 @@ class Runner:
             give_up = not failure.retryable or attempt >= self._settings.max_attempts
             too_long = self._settings.max_wait_s is not None and wait_s > self._settings.max_wait_s
             if give_up or too_long:
-                self._record_failure(prompt, failure, attempt, wait_s=wait_s if too_long else None)
+                if too_long:
+                    reason = "wait over max_wait_s"
+                elif failure.retryable:
+                    reason = "max_attempts reached"
+                else:
+                    reason = "not retried"
+                self._record_failure(prompt, failure, attempt, reason=reason)
                 return
 
             self._stats.note_retry(failure.kind)
@@ -253,7 +259,7 @@ class Runner:
             self._on_result()
 
     def _record_failure(
-        self, prompt: PromptLike, failure: Failure, attempt: int, *, wait_s: float | None = None
+        self, prompt: PromptLike, failure: Failure, attempt: int, *, reason: str
     ) -> None:
         self._stats.note_final_failure(failure.kind)
         self._store.append(
@@ -279,8 +285,9 @@ class Runner:
             request_id=failure.request_id,
             message=failure.message,
             location=failure.location,
-            wait_s=None if wait_s is None else round(wait_s, 3),
-            reason="wait over max_wait_s" if wait_s is not None else None,
+            # The wait the endpoint requested, even though this prompt no longer waits for it.
+            wait_s=None if failure.wait_s is None else round(failure.wait_s, 3),
+            reason=reason,
         )
         if self._on_result is not None:
             self._on_result()
