@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from batcher.limits import SAFETY_MARGIN, Cooldown, Pacer, RequestRate, TokenBudget, backoff_s
+from batcher.limits import CATCH_UP_S, SAFETY_MARGIN, Cooldown, Pacer, RequestRate, TokenBudget, backoff_s
 
 
 def test_request_rate_spaces_starts_evenly() -> None:
@@ -27,8 +27,25 @@ def test_request_rate_spaces_starts_evenly() -> None:
 
     gaps = [later - earlier for earlier, later in zip(starts, starts[1:])]
     assert len(starts) == 12
-    assert min(gaps) >= rate.interval_s * 0.95
+    assert min(gaps) >= rate.interval_s - CATCH_UP_S
     assert rate.interval_s == pytest.approx(60 / (1200 * (1 - SAFETY_MARGIN)))
+
+
+def test_request_rate_lateness_does_not_add_up() -> None:
+    """Each start is timed from when it was due, so wake-up delays do not slow the rate."""
+    rate = RequestRate(3000)  # one start every 20.6 ms with the margin
+    starts: list[float] = []
+
+    async def main() -> None:
+        for _ in range(40):
+            await rate.acquire()
+            starts.append(time.monotonic())
+
+    asyncio.run(main())
+
+    ideal_s = 39 * rate.interval_s
+    # Without catching up, each start is late by up to about 1 ms (epoll's rounding).
+    assert starts[-1] - starts[0] < ideal_s + CATCH_UP_S
 
 
 def test_token_budget_waits_for_the_window() -> None:
