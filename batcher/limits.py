@@ -133,6 +133,10 @@ class TokenBudget:
             self._used += actual - entry.tokens
         entry.tokens = actual
 
+    def release(self, entry: _TokenStart) -> None:
+        """Give back the tokens of a start whose request was never sent."""
+        self.settle(entry, 0)
+
 
 class Cooldown:
     """A pause that every worker waits out together after a 429."""
@@ -196,12 +200,19 @@ class Pacer:
 
     async def before_request(self, estimated_tokens: int) -> _TokenStart | None:
         """Wait for the cooldown and the limits; return the token entry to settle, if any."""
-        await self.cooldown.wait()
-        if self._request_rate is not None:
-            await self._request_rate.acquire()
-        if self._token_budget is not None:
-            return await self._token_budget.acquire(estimated_tokens)
-        return None
+        while True:
+            await self.cooldown.wait()
+            if self._request_rate is not None:
+                await self._request_rate.acquire()
+            budget = self._token_budget
+            entry = await budget.acquire(estimated_tokens) if budget is not None else None
+            if self.cooldown.remaining_s <= 0:
+                return entry
+
+            # A 429 arrived while this worker waited for a slot, and its wait applies to every
+            # request that has not started yet.
+            if budget is not None and entry is not None:
+                budget.release(entry)
 
     def settle(self, entry: _TokenStart | None, total_tokens: int | None) -> None:
         if entry is not None and total_tokens is not None and self._token_budget is not None:

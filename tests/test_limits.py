@@ -112,6 +112,40 @@ def test_cooldown_never_shrinks() -> None:
     assert cooldown.remaining_s > 9.0
 
 
+def test_pacer_rechecks_cooldown_after_rate_wait() -> None:
+    """A worker queued behind the request rate waits out a 429 pause that began meanwhile."""
+    pacer = Pacer(requests_per_minute=600, tokens_per_minute=None)  # one start every 103 ms
+
+    async def main() -> float:
+        await pacer.before_request(10)
+        queued = asyncio.create_task(pacer.before_request(10))
+        await asyncio.sleep(0.02)
+        pacer.cooldown.extend(0.3)
+        started = time.monotonic()
+        await queued
+        return time.monotonic() - started
+
+    assert asyncio.run(main()) >= 0.29
+
+
+def test_pacer_returns_tokens_of_unsent_start() -> None:
+    """A token start given up for a 429 pause does not count against the budget."""
+    pacer = Pacer(requests_per_minute=600, tokens_per_minute=1000)
+
+    async def main() -> float:
+        await pacer.before_request(500)
+        queued = asyncio.create_task(pacer.before_request(400))
+        await asyncio.sleep(0.02)
+        pacer.cooldown.extend(0.2)
+        await asyncio.wait_for(queued, timeout=1.0)
+        started = time.monotonic()
+        # 970 tokens fit a minute after the margin: 500 + 400 are in, the given-up 400 is not.
+        await asyncio.wait_for(pacer.before_request(60), timeout=1.0)
+        return time.monotonic() - started
+
+    assert asyncio.run(main()) < 0.2
+
+
 def test_backoff_is_jittered_and_capped() -> None:
     rng = random.Random(7)
     waits = [backoff_s(attempt, base_s=1.0, max_s=8.0, rng=rng) for attempt in range(1, 10)]
