@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from batcher.limits import CATCH_UP_S, SAFETY_MARGIN, Cooldown, Pacer, RequestRate, TokenBudget, backoff_s
+from batcher.limits import CATCH_UP_S, SAFETY_MARGIN, Cooldown, Pacer, RequestRate, RequestSlot, TokenBudget, backoff_s
 
 
 def test_request_rate_spaces_starts_evenly() -> None:
@@ -155,10 +155,32 @@ def test_backoff_is_jittered_and_capped() -> None:
     assert backoff_s(1, base_s=1.0, max_s=8.0, rng=random.Random(1)) <= 1.0
 
 
+class FakeClock:
+    """A monotonic clock that moves only when a test advances it, or when `sleep` is awaited."""
+
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+    def advance(self, seconds: float) -> None:
+        self.now_s += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        wake_s = self.now_s + seconds
+        await asyncio.sleep(0)
+        self.now_s = max(self.now_s, wake_s)
+
+
+def fake_pacer(clock: FakeClock) -> Pacer:
+    return Pacer(requests_per_minute=None, tokens_per_minute=None, clock=clock, sleep=clock.sleep)
+
+
 def test_pacer_adopts_announced_limits() -> None:
     pacer = Pacer(requests_per_minute=None, tokens_per_minute=None)
 
-    pacer.after_response({"x-ratelimit-limit-requests": "600", "x-ratelimit-limit-tokens": "50000"}, rate_limited=False, wait_s=0.0)
+    pacer.after_success(RequestSlot(0.0), {"x-ratelimit-limit-requests": "600", "x-ratelimit-limit-tokens": "50000"}, total_tokens=None)
 
     assert pacer.requests_per_minute == 600
     assert pacer.tokens_per_minute == 50000
@@ -167,31 +189,147 @@ def test_pacer_adopts_announced_limits() -> None:
 def test_pacer_keeps_the_jobs_limits() -> None:
     pacer = Pacer(requests_per_minute=100, tokens_per_minute=1000)
 
-    pacer.after_response({"x-ratelimit-limit-requests": "600", "x-ratelimit-limit-tokens": "50000"}, rate_limited=False, wait_s=0.0)
+    pacer.after_success(RequestSlot(0.0), {"x-ratelimit-limit-requests": "600", "x-ratelimit-limit-tokens": "50000"}, total_tokens=None)
+    pacer.after_failure(RequestSlot(0.0), {}, rate_limited=True, wait_s=0.1)
 
     assert pacer.requests_per_minute == 100
     assert pacer.tokens_per_minute == 1000
 
 
+def test_announced_limit_replaces_learned_rate() -> None:
+    clock = FakeClock()
+    pacer = fake_pacer(clock)
+    pacer.after_success(RequestSlot(clock()), {}, total_tokens=None)
+    pacer.after_failure(RequestSlot(clock()), {}, rate_limited=True, wait_s=1.0)
+
+    pacer.after_success(RequestSlot(clock()), {"x-ratelimit-limit-requests": "600"}, total_tokens=None)
+    pacer.after_failure(RequestSlot(clock()), {}, rate_limited=True, wait_s=1.0)
+
+    assert pacer.requests_per_minute == 600
+
+
 def test_pacer_pauses_when_remaining_is_zero() -> None:
     pacer = Pacer(requests_per_minute=None, tokens_per_minute=None)
 
-    pacer.after_response(
+    pacer.after_success(
+        RequestSlot(0.0),
         {"x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "2s"},
-        rate_limited=False,
-        wait_s=0.0,
+        total_tokens=None,
     )
 
     assert pacer.cooldown.remaining_s > 1.5
 
 
 def test_pacer_learns_a_rate_from_a_429() -> None:
-    pacer = Pacer(requests_per_minute=None, tokens_per_minute=None)
+    """The rate learned from a 429 is the rate of successes over the last second of the run."""
+    clock = FakeClock()
+    pacer = fake_pacer(clock)
     for _ in range(10):
-        pacer.after_response({}, rate_limited=False, wait_s=0.0)
+        pacer.after_success(RequestSlot(clock()), {}, total_tokens=None)
 
-    pacer.after_response({}, rate_limited=True, wait_s=0.5)
+    pacer.after_failure(RequestSlot(clock()), {}, rate_limited=True, wait_s=0.5)
 
-    assert pacer.requests_per_minute is not None
-    assert pacer.requests_per_minute <= 10 * 60
-    assert pacer.cooldown.remaining_s > 0.4
+    assert pacer.requests_per_minute == 600
+    assert pacer.cooldown.remaining_s == 0.5
+
+
+def test_pacer_learns_nothing_without_successes() -> None:
+    clock = FakeClock()
+    pacer = fake_pacer(clock)
+
+    pacer.after_failure(RequestSlot(clock()), {}, rate_limited=True, wait_s=0.5)
+
+    assert pacer.requests_per_minute is None
+
+
+def test_other_failures_are_not_successes() -> None:
+    clock = FakeClock()
+    pacer = fake_pacer(clock)
+    for _ in range(10):
+        pacer.after_failure(RequestSlot(clock()), {}, rate_limited=False, wait_s=0.1)
+
+    pacer.after_failure(RequestSlot(clock()), {}, rate_limited=True, wait_s=0.5)
+
+    assert pacer.requests_per_minute is None
+
+
+def test_burst_of_429s_learns_one_rate() -> None:
+    """429s of the burst that taught the rate do not lower it, and its later successes count."""
+    clock = FakeClock()
+    pacer = fake_pacer(clock)
+    burst = [RequestSlot(clock()) for _ in range(32)]
+    clock.advance(0.01)
+
+    # Ten of the 32 succeed, but three 429s are read before most of the successes.
+    for slot in burst[:2]:
+        pacer.after_success(slot, {}, total_tokens=None)
+    for slot in burst[10:13]:
+        pacer.after_failure(slot, {}, rate_limited=True, wait_s=1.0)
+    for slot in burst[2:10]:
+        pacer.after_success(slot, {}, total_tokens=None)
+    for slot in burst[13:]:
+        pacer.after_failure(slot, {}, rate_limited=True, wait_s=1.0)
+
+    assert pacer.requests_per_minute == 600
+
+
+def test_learned_rate_lowered_by_later_429() -> None:
+    """A 429 to a request paced by the learned rate lowers it, once per change."""
+    clock = FakeClock()
+    pacer = fake_pacer(clock)
+    for _ in range(10):
+        pacer.after_success(RequestSlot(clock()), {}, total_tokens=None)
+    pacer.after_failure(RequestSlot(clock()), {}, rate_limited=True, wait_s=1.0)
+    clock.advance(2.0)
+    paced = [RequestSlot(clock()), RequestSlot(clock())]
+    clock.advance(0.01)
+
+    pacer.after_failure(paced[0], {}, rate_limited=True, wait_s=0.1)
+    lowered = pacer.requests_per_minute
+    clock.advance(0.01)
+    pacer.after_failure(paced[1], {}, rate_limited=True, wait_s=0.1)
+
+    assert lowered == 600 * 0.8
+    assert pacer.requests_per_minute == lowered
+
+
+def test_learned_rate_raised_after_successes() -> None:
+    clock = FakeClock()
+    pacer = fake_pacer(clock)
+    for _ in range(10):
+        pacer.after_success(RequestSlot(clock()), {}, total_tokens=None)
+    pacer.after_failure(RequestSlot(clock()), {}, rate_limited=True, wait_s=1.0)
+
+    for _ in range(50):
+        clock.advance(0.1)
+        pacer.after_success(RequestSlot(clock()), {}, total_tokens=None)
+
+    assert pacer.requests_per_minute == pytest.approx(600 * 1.1)
+
+
+def test_rate_change_keeps_waiters_in_line() -> None:
+    """A changed rate applies from the next start; a worker already waiting is not skipped."""
+    rate = RequestRate(300)  # one start every 206 ms
+
+    async def main() -> float:
+        await rate.acquire()
+        started = time.monotonic()
+        waiting = asyncio.create_task(rate.acquire())
+        await asyncio.sleep(0.01)
+        rate.change(6000)
+        await rate.acquire()
+        assert waiting.done()
+        return time.monotonic() - started
+
+    # The waiting worker sleeps out the old interval, then the newcomer goes 10 ms later.
+    assert 0.2 <= asyncio.run(main()) < 0.4
+
+
+def test_cooldown_waits_on_the_given_clock() -> None:
+    clock = FakeClock()
+    cooldown = Cooldown(clock=clock, sleep=clock.sleep)
+    cooldown.extend(360.0)
+
+    asyncio.run(cooldown.wait())
+
+    assert clock() == 1360.0
