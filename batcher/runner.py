@@ -186,8 +186,15 @@ class Runner:
             failure = reply.failure
             self._stats.note_response_failure(failure)
             wait_s = self._retry_wait_s(failure, attempt)
+            max_wait_s = self._settings.max_wait_s
+            too_long = max_wait_s is not None and wait_s > max_wait_s
+            # A wait longer than the job accepts fails this prompt, and the other workers then
+            # pause only max_wait_s instead of the whole wait.
             self.pacer.after_failure(
-                slot, reply.headers, rate_limited=failure.kind is FailureKind.RATE_LIMIT, wait_s=wait_s
+                slot,
+                reply.headers,
+                rate_limited=failure.kind is FailureKind.RATE_LIMIT,
+                wait_s=min(wait_s, max_wait_s) if max_wait_s is not None else wait_s,
             )
             if failure.stops_run:
                 self._record_failure(prompt, failure, attempt, reason="stops the run")
@@ -196,7 +203,6 @@ class Runner:
                 self.stop(failure.kind.value)
                 return
             give_up = not failure.retryable or attempt >= self._settings.max_attempts
-            too_long = self._settings.max_wait_s is not None and wait_s > self._settings.max_wait_s
             if give_up or too_long:
                 if too_long:
                     reason = "wait over max_wait_s"
