@@ -202,15 +202,19 @@ class Runner:
                     self.stop_cause = StopCause(prompt_id=prompt.id, failure=failure)
                 self.stop(failure.kind.value)
                 return
-            give_up = not failure.retryable or attempt >= self._settings.max_attempts
-            if give_up or too_long:
-                if too_long:
-                    reason = "wait over max_wait_s"
-                elif failure.retryable:
-                    reason = "max_attempts reached"
-                else:
-                    reason = "not retried"
-                self._record_failure(prompt, failure, attempt, reason=reason)
+            if self.stopped_reason is not None:
+                # The run stopped while this request was in flight. Its response is recorded instead
+                # of a retry that would never come, and the next run sends the prompt again.
+                self._record_failure(prompt, failure, attempt, reason="run stopped")
+                return
+            if not failure.retryable:
+                self._record_failure(prompt, failure, attempt, reason="not retried")
+                return
+            if attempt >= self._settings.max_attempts:
+                self._record_failure(prompt, failure, attempt, reason="max_attempts reached")
+                return
+            if too_long:
+                self._record_failure(prompt, failure, attempt, reason="wait over max_wait_s")
                 return
 
             self._stats.note_retry(failure.kind)
