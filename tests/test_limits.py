@@ -1,4 +1,4 @@
-"""Request spacing, token budget, shared cooldown and backoff, on small real windows."""
+"""Request spacing, token budget, cooldown, backoff and rate learning, on short real windows or a fake clock."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 import pytest
 
 from batcher.limits import CATCH_UP_S, SAFETY_MARGIN, Cooldown, Pacer, RequestRate, RequestSlot, TokenBudget, backoff_s
+from support import FakeClock
 
 
 def test_request_rate_spaces_starts_evenly() -> None:
@@ -153,24 +154,6 @@ def test_backoff_is_jittered_and_capped() -> None:
     assert all(0.0 <= wait <= 8.0 for wait in waits)
     assert len(set(waits)) == len(waits)
     assert backoff_s(1, base_s=1.0, max_s=8.0, rng=random.Random(1)) <= 1.0
-
-
-class FakeClock:
-    """A monotonic clock that moves only when a test advances it, or when `sleep` is awaited."""
-
-    def __init__(self) -> None:
-        self.now_s = 1000.0
-
-    def __call__(self) -> float:
-        return self.now_s
-
-    def advance(self, seconds: float) -> None:
-        self.now_s += seconds
-
-    async def sleep(self, seconds: float) -> None:
-        wake_s = self.now_s + seconds
-        await asyncio.sleep(0)
-        self.now_s = max(self.now_s, wake_s)
 
 
 def fake_pacer(clock: FakeClock) -> Pacer:
