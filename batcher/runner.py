@@ -72,7 +72,9 @@ class Runner:
         run_id: str,
         on_result: Callable[[], None] | None = None,
         rng: random.Random | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
+        """Prepare the pool. `pacer` contains the limits to wait for (default: built from `settings`)."""
         self._client = client
         self._store = store
         self._prompts = iter(prompts)
@@ -81,7 +83,7 @@ class Runner:
         self._run_id = run_id
         self._on_result = on_result
         self._rng = rng or random.Random()
-        self.pacer = Pacer(
+        self.pacer = pacer or Pacer(
             requests_per_minute=settings.requests_per_minute,
             tokens_per_minute=settings.tokens_per_minute,
         )
@@ -169,7 +171,7 @@ class Runner:
         data = dumps(prompt.body).encode("utf-8")
         attempt = 0
         while self.stopped_reason is None:
-            entry = await self.pacer.before_request(prompt.estimated_tokens)
+            slot = await self.pacer.before_request(prompt.estimated_tokens)
             if self.stopped_reason is not None:
                 return
             attempt += 1
@@ -177,16 +179,22 @@ class Runner:
 
             if reply.failure is None:
                 usage_total = self._stats.add_usage(reply.body.get("usage") if reply.body else None)
-                self.pacer.settle(entry, usage_total)
-                self.pacer.after_response(reply.headers, rate_limited=False, wait_s=0.0)
+                self.pacer.after_success(slot, reply.headers, total_tokens=usage_total)
                 self._record_success(prompt, reply, attempt)
                 return
 
             failure = reply.failure
             self._stats.note_response_failure(failure)
             wait_s = self._retry_wait_s(failure, attempt)
-            self.pacer.after_response(
-                reply.headers, rate_limited=failure.kind is FailureKind.RATE_LIMIT, wait_s=wait_s
+            max_wait_s = self._settings.max_wait_s
+            too_long = max_wait_s is not None and wait_s > max_wait_s
+            # A wait longer than the job accepts fails this prompt, and the other workers then
+            # pause only max_wait_s instead of the whole wait.
+            self.pacer.after_failure(
+                slot,
+                reply.headers,
+                rate_limited=failure.kind is FailureKind.RATE_LIMIT,
+                wait_s=min(wait_s, max_wait_s) if max_wait_s is not None else wait_s,
             )
             if failure.stops_run:
                 self._record_failure(prompt, failure, attempt, reason="stops the run")
@@ -194,16 +202,19 @@ class Runner:
                     self.stop_cause = StopCause(prompt_id=prompt.id, failure=failure)
                 self.stop(failure.kind.value)
                 return
-            give_up = not failure.retryable or attempt >= self._settings.max_attempts
-            too_long = self._settings.max_wait_s is not None and wait_s > self._settings.max_wait_s
-            if give_up or too_long:
-                if too_long:
-                    reason = "wait over max_wait_s"
-                elif failure.retryable:
-                    reason = "max_attempts reached"
-                else:
-                    reason = "not retried"
-                self._record_failure(prompt, failure, attempt, reason=reason)
+            if self.stopped_reason is not None:
+                # The run stopped while this request was in flight. Its response is recorded instead
+                # of a retry that would never come, and the next run sends the prompt again.
+                self._record_failure(prompt, failure, attempt, reason="run stopped")
+                return
+            if not failure.retryable:
+                self._record_failure(prompt, failure, attempt, reason="not retried")
+                return
+            if attempt >= self._settings.max_attempts:
+                self._record_failure(prompt, failure, attempt, reason="max_attempts reached")
+                return
+            if too_long:
+                self._record_failure(prompt, failure, attempt, reason="wait over max_wait_s")
                 return
 
             self._stats.note_retry(failure.kind)
