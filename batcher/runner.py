@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import structlog
 
 from batcher.client import ApiClient, Reply
+from batcher.errors import OutputError
 from batcher.failures import Failure, FailureKind
 from batcher.jsonl import dumps
 from batcher.limits import Pacer, backoff_s
@@ -88,6 +89,8 @@ class Runner:
             tokens_per_minute=settings.tokens_per_minute,
         )
         self.stopped_reason: str | None = None
+        # The first error writing results.jsonl (a full disk); the run stops on it.
+        self.output_error: OSError | None = None
         # The first response that stopped the run; None when the run was not stopped by one.
         self.stop_cause: StopCause | None = None
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(settings.concurrency * 2, 16))
@@ -107,6 +110,12 @@ class Runner:
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 raise result
+        if self.output_error is not None:
+            raise OutputError(
+                f"Cannot write to {self._store.path}: {self.output_error.strerror or self.output_error}. "
+                f"The run stopped so that no more answers are lost; free disk space or fix the "
+                f"folder's permissions, then run again: prompts already recorded are skipped."
+            ) from self.output_error
         if self.stopped_reason is not None:
             self._count_rest()
         return self.stopped_reason
@@ -252,9 +261,27 @@ class Runner:
             rng=self._rng,
         )
 
+    def _append(self, record: dict[str, Any]) -> bool:
+        """Append a results line; on a write error (disk full), stop the run at once."""
+        try:
+            self._store.append(record)
+        except OSError as exc:
+            if self.output_error is None:
+                self.output_error = exc
+                log.error(
+                    "results.write_failed",
+                    failure_kind=None,
+                    prompt_id=record["id"],
+                    path=str(self._store.path),
+                    error=exc.strerror or str(exc),
+                )
+            self.stop("output_error")
+            self.cancel_in_flight()
+            return False
+        return True
+
     def _record_success(self, prompt: PromptLike, reply: Reply, attempt: int) -> None:
-        self._stats.succeeded += 1
-        self._store.append(
+        recorded = self._append(
             {
                 "id": prompt.id,
                 "status": "succeeded",
@@ -266,14 +293,16 @@ class Runner:
                 "response": reply.body,
             }
         )
+        if not recorded:
+            return
+        self._stats.succeeded += 1
         if self._on_result is not None:
             self._on_result()
 
     def _record_failure(
         self, prompt: PromptLike, failure: Failure, attempt: int, *, reason: str
     ) -> None:
-        self._stats.note_final_failure(failure.kind)
-        self._store.append(
+        recorded = self._append(
             {
                 "id": prompt.id,
                 "status": "failed",
@@ -284,6 +313,9 @@ class Runner:
                 "error": failure.to_record(),
             }
         )
+        if not recorded:
+            return
+        self._stats.note_final_failure(failure.kind)
         event = log.error if failure.stops_run else log.warning
         event(
             "prompt.failed",
