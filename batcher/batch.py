@@ -36,6 +36,9 @@ GRACE_S = 10.0
 
 _T = TypeVar("_T")
 
+# Failure kinds that mean the request never reached a working endpoint.
+_UNREACHABLE_KINDS = frozenset({"network", "timeout"})
+
 _STOP_EXIT_CODES = {
     "auth": ExitCode.AUTH,
     "permission": ExitCode.AUTH,
@@ -365,6 +368,9 @@ async def _run_locked(
     if stop_message is not None:
         # Printed last, like the message of an error that ends the command.
         print(f"batcher: {stop_message}", file=sys.stderr)
+    elif sinks.is_tty and (exit_code != ExitCode.OK or not sinks.quiet):
+        # Without a terminal stderr carries JSON lines only; run.finished holds the same counts.
+        print(f"batcher: {_outcome_line(stats, exit_code, output_dir)}", file=sys.stderr)
     return exit_code
 
 
@@ -407,9 +413,32 @@ def _exit_code(stats: RunStats, stopped_reason: str | None, signal_number: int |
         return _STOP_EXIT_CODES[stopped_reason]
     if signal_number is not None:
         return ExitCode.SIGTERM if signal_number == signal.SIGTERM else ExitCode.SIGINT
+    if stats.failed and not stats.succeeded and set(stats.failures_by_kind) <= _UNREACHABLE_KINDS:
+        # Nothing got through at all, so the endpoint is down or the address is wrong. Only
+        # happens with `preflight: off`, since the preflight catches it otherwise.
+        return ExitCode.UNREACHABLE
     if stats.failed:
         return ExitCode.SOME_FAILED
     return ExitCode.OK
+
+
+def _outcome_line(stats: RunStats, exit_code: int, output_dir: Path) -> str:
+    """Return the run's last line for a person: counts, and what a rerun will do."""
+    counts = f"{stats.succeeded} succeeded, {stats.failed} failed"
+    if stats.failed:
+        kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(stats.failures_by_kind.items()))
+        counts += f" ({kinds})"
+    if stats.skipped:
+        counts += f", {stats.skipped} skipped (done earlier)"
+    if stats.not_attempted:
+        counts += f", {stats.not_attempted} not attempted"
+    if exit_code == ExitCode.UNREACHABLE:
+        advice = "No request got through: check that the endpoint is up and that base_url is right."
+    elif stats.failed or stats.not_attempted:
+        advice = f"A rerun sends the prompts that did not succeed; `batcher report {output_dir}` shows the details."
+    else:
+        advice = f"Results are in {output_dir / 'results.jsonl'}."
+    return f"{counts}. {advice}"
 
 
 def _finish(
@@ -453,5 +482,5 @@ def _finish(
     except OSError as exc:
         # The log line below still carries the whole summary.
         log.error("summary.write_failed", failure_kind=None, path=str(output_dir / SUMMARY_NAME), error=exc.strerror)
-    level = log.info if exit_code in (ExitCode.OK, ExitCode.SOME_FAILED) else log.warning
+    level = log.info if exit_code == ExitCode.OK else log.warning
     level("run.finished", **summary)

@@ -166,7 +166,8 @@ def classify_response(
     if kind is FailureKind.RATE_LIMIT and wait_s is not None and wait_s > PER_DAY_WAIT_S:
         kind = FailureKind.QUOTA
 
-    retryable = kind in RETRIED_KINDS
+    # A redirect would answer the same way every time, so it is a server failure not retried.
+    retryable = kind in RETRIED_KINDS and not 300 <= status < 400
     override = _should_retry_override(headers)
     if override is not None and kind not in STOPPING_KINDS:
         retryable = override

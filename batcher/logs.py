@@ -36,13 +36,15 @@ class LogSinks:
         self._stderr = stderr
         self._stderr_level = _LEVELS[stderr_level]
         self._file_level = _LEVELS[file_level]
-        self._is_tty = stderr.isatty()
+        self.is_tty = stderr.isatty()
         self._stderr_ascii_only = not _encodes_all_unicode(getattr(stderr, "encoding", None))
-        self._console = structlog.dev.ConsoleRenderer(colors=self._is_tty) if self._is_tty else None
+        self._console = structlog.dev.ConsoleRenderer(colors=self.is_tty) if self.is_tty else None
         self.redactor = Redactor()
         # The terminal's progress bar, cleared before a log line is printed and redrawn after.
         self.progress: Any = None
-        self.show_progress = show_progress and self._is_tty
+        self.show_progress = show_progress and self.is_tty
+        # True when only warnings and errors go to stderr (`--quiet`).
+        self.quiet = self._stderr_level > _LEVELS["info"]
         self.min_level = min(self._stderr_level, self._file_level)
 
     def open_file(self, file: TextIO) -> None:

@@ -170,3 +170,36 @@ def test_full_disk_stops_run_with_exit_74(tmp_path: Path) -> None:
     assert rerun.returncode == 0, rerun.stderr
     succeeded = [record["id"] for record in read_results(tmp_path / "out") if record["status"] == "succeeded"]
     assert sorted(succeeded) == sorted(f"p{index}" for index in range(200))
+
+
+def test_unreachable_endpoint_without_preflight_exits_5(tmp_path: Path) -> None:
+    # Port 9 (discard) has no listener here, so every connection is refused at once.
+    job = write_job(
+        tmp_path,
+        base_url="http://127.0.0.1:9/v1",
+        count=3,
+        endpoint={"preflight": "off"},
+        limits={"max_attempts": 2, "backoff_base_s": 0.01},
+    )
+
+    result = run_cli("run", str(job), "--quiet")
+
+    assert result.returncode == 5, result.stderr
+    summary = read_summary(tmp_path / "out")
+    assert summary["failures_by_kind"] == {"network": 3}
+    assert summary["exit_code"] == 5
+
+
+def test_redirect_is_not_retried(tmp_path: Path) -> None:
+    rules = (Rule(match="", status=307, headers={"location": "https://elsewhere.test/v1/chat/completions"}),)
+    with serve(rules=rules) as endpoint:
+        job = write_job(tmp_path, base_url=endpoint.base_url, count=1, limits={"max_attempts": 5})
+        result = run_cli("run", str(job), "--quiet")
+        chat_requests = endpoint.stats.chat_requests
+
+    assert result.returncode == 1, result.stderr
+    assert chat_requests == 1
+    failed = [event for event in read_log(tmp_path / "out") if event["event"] == "prompt.failed"]
+    assert failed[0]["failure_kind"] == "server"
+    assert failed[0]["location"] == "https://elsewhere.test/v1/chat/completions"
+    assert failed[0]["reason"] == "not retried"

@@ -37,7 +37,7 @@ CASES = [
     ("500 json", 500, {}, error_body(None, "server_error"), FailureKind.SERVER, True),
     ("502 html page", 502, {"content-type": "text/html"}, CLOUDFLARE_502, FailureKind.SERVER, True),
     ("503", 503, {}, b"", FailureKind.SERVER, True),
-    ("302 redirect", 302, {"location": "https://elsewhere.test/v1"}, b"", FailureKind.SERVER, True),
+    ("302 redirect", 302, {"location": "https://elsewhere.test/v1"}, b"", FailureKind.SERVER, False),
     ("200 not json", 200, {}, b"<html>hello</html>", FailureKind.INVALID_RESPONSE, True),
     ("200 no choices", 200, {}, b'{"object": "list"}', FailureKind.INVALID_RESPONSE, True),
     ("200 empty choices", 200, {}, b'{"choices": []}', FailureKind.CONTENT_FILTER, False),
