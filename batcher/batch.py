@@ -9,10 +9,9 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 import structlog
 
@@ -25,16 +24,14 @@ from batcher.progress import ProgressBar
 from batcher.preflight import PreflightResult, SentCredentials, run_preflight
 from batcher.prompts import PromptCheck, check_prompts, iter_prompts
 from batcher.runner import Runner, RunSettings, StopCause
+from batcher.signals import Interrupted, SignalStop
 from batcher.stops import explain_stop
 from batcher.store import SUMMARY_NAME, FILE_MODE, ResultsStore, RunLock, make_private_dir, write_json_atomically
 from batcher.summary import RunStats, build_summary, utc_now_iso
 
 log = structlog.get_logger("batcher.batch")
 
-# Seconds that requests in flight get to finish after SIGINT or SIGTERM before they are cancelled.
-GRACE_S = 10.0
 
-_T = TypeVar("_T")
 
 # Failure kinds that mean the request never reached a working endpoint.
 _UNREACHABLE_KINDS = frozenset({"network", "timeout"})
@@ -119,91 +116,6 @@ async def check_job(
             )
 
 
-class _Interrupted(Exception):
-    """A signal arrived before the workers started, so the run ends without sending the batch."""
-
-
-class _SignalStop:
-    """Turns SIGINT and SIGTERM into a graceful stop, and a second signal into an immediate one.
-
-    Before the workers start, a signal cancels the step in progress (the endpoint start or the
-    preflight), because no response worth waiting for is in flight yet. Once the runner is
-    attached, a signal stops it gracefully: requests in flight get GRACE_S to finish.
-    """
-
-    def __init__(self) -> None:
-        self.signal_number: int | None = None
-        self._runner: Runner | None = None
-        self._guarded: asyncio.Future[Any] | None = None
-        self._grace: asyncio.TimerHandle | None = None
-
-    @property
-    def exit_code(self) -> ExitCode:
-        return ExitCode.SIGTERM if self.signal_number == signal.SIGTERM else ExitCode.SIGINT
-
-    def install(self) -> None:
-        loop = asyncio.get_running_loop()
-        for number in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(number, self._on_signal, number)
-
-    def remove(self) -> None:
-        loop = asyncio.get_running_loop()
-        for number in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(number)
-        if self._grace is not None:
-            self._grace.cancel()
-
-    async def guard(self, awaitable: Awaitable[_T]) -> _T:
-        """Await a step before the workers start; raise _Interrupted if a signal cancels it."""
-        if self.signal_number is not None:
-            raise _Interrupted
-        task = asyncio.ensure_future(awaitable)
-        self._guarded = task
-        try:
-            return await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            # Only our own cancellation becomes _Interrupted; one aimed at this task passes on.
-            if self.signal_number is None or (current is not None and current.cancelling()):
-                raise
-            raise _Interrupted from None
-        finally:
-            self._guarded = None
-
-    def attach(self, runner: Runner) -> None:
-        """Route later signals to `runner`; raise _Interrupted if one has already arrived."""
-        if self.signal_number is not None:
-            raise _Interrupted
-        self._runner = runner
-
-    def _on_signal(self, number: int) -> None:
-        name = signal.Signals(number).name
-        runner = self._runner
-        if self.signal_number is not None:
-            if runner is not None:
-                log.warning("run.stop_now", signal=name, failure_kind=None, in_flight=runner.in_flight)
-                runner.cancel_in_flight()
-            return
-
-        self.signal_number = number
-        if runner is None:
-            log.warning("run.stopping", signal=name, failure_kind=None, stopped_reason="interrupted", in_flight=0)
-            if self._guarded is not None:
-                self._guarded.cancel()
-            return
-
-        log.warning(
-            "run.stopping",
-            signal=name,
-            failure_kind=None,
-            stopped_reason="interrupted",
-            in_flight=runner.in_flight,
-            grace_s=GRACE_S,
-        )
-        runner.stop("interrupted")
-        self._grace = asyncio.get_running_loop().call_later(GRACE_S, runner.cancel_in_flight)
-
-
 async def run_job(job: Job, options: RunOptions, *, sinks: LogSinks) -> int:
     """Run a job and return the exit code; errors before the first request are raised."""
     run_id = new_run_id()
@@ -227,7 +139,7 @@ async def run_job(job: Job, options: RunOptions, *, sinks: LogSinks) -> int:
         log_path = output_dir / "logs" / f"{run_id}.jsonl"
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
         sinks.open_file(open(fd, "w", encoding="utf-8", newline="\n"))
-        stopper = _SignalStop()
+        stopper = SignalStop()
         stopper.install()
         try:
             return await _run_locked(
@@ -246,7 +158,7 @@ async def _run_locked(
     output_dir: Path,
     sinks: LogSinks,
     counts: PromptCheck,
-    stopper: _SignalStop,
+    stopper: SignalStop,
 ) -> int:
     prompt_count = counts.count
     started_at = utc_now_iso()
@@ -333,7 +245,7 @@ async def _run_locked(
                         key_worked=preflight.method != "off" or stats.succeeded > 0,
                     )
                     _log_stop(runner.stop_cause, stop_message)
-    except _Interrupted:
+    except Interrupted:
         stopped_reason = "interrupted"
         exit_code = stopper.exit_code
     except OutputError as exc:

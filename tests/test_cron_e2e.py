@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from batcher.batch import GRACE_S
+from batcher.signals import GRACE_S
 from batcher.endpoint import Rule
 from support import (
     CLI_TIMEOUT_S,

@@ -12,7 +12,7 @@ import pytest
 
 from batcher.errors import JobError
 from batcher.job import Job, load_job
-from batcher.prompts import PromptCheck, check_prompts, default_id, estimate_tokens, iter_prompts
+from batcher.prompts import check_prompts, default_id, estimate_tokens, iter_prompts
 
 JOB = """\
 name: demo
