@@ -84,7 +84,8 @@ def build_report(summary: dict[str, Any]) -> dict[str, Any]:
         "usage": summary["usage"],
         "wall_time_s": duration_s,
         # Every request of the run, the preflight's included, over its whole wall time.
-        "requests_per_minute": round(requests / duration_s * 60.0, 1) if duration_s > 0 else None,
+        # Under a second, a per-minute rate says more about timer resolution than about the run.
+        "requests_per_minute": round(requests / duration_s * 60.0, 1) if duration_s >= 1.0 else None,
         "stopped_reason": summary.get("stopped_reason"),
         "exit_code": summary.get("exit_code"),
     }
@@ -92,6 +93,14 @@ def build_report(summary: dict[str, Any]) -> dict[str, Any]:
 
 def _format_counts(counts: dict[str, int]) -> str:
     return ", ".join(f"{kind} {count}" for kind, count in sorted(counts.items())) or "none"
+
+
+def _describe_stop(report: dict[str, Any]) -> str:
+    if report["stopped_reason"]:
+        return str(report["stopped_reason"])
+    if report["exit_code"] in (0, 1):
+        return "no (ran to the end)"
+    return f"before the batch (exit {report['exit_code']}; the log says why)"
 
 
 def show_report(run_dir: Path, *, as_json: bool) -> int:
@@ -115,8 +124,8 @@ def show_report(run_dir: Path, *, as_json: bool) -> int:
         ("requests sent", str(report["requests_sent"])),
         ("tokens", f"{usage.get('total_tokens', 0)} ({usage.get('prompt_tokens', 0)} prompt, "
                    f"{usage.get('completion_tokens', 0)} completion)"),
-        ("achieved rate", "n/a" if rate is None else f"{rate} requests/min"),
-        ("stopped", report["stopped_reason"] or "no (ran to the end)"),
+        ("achieved rate", "n/a (the run took under a second)" if rate is None else f"{rate} requests/min"),
+        ("stopped", _describe_stop(report)),
         ("exit code", str(report["exit_code"])),
     ]
     width = max(len(label) for label, _ in rows)

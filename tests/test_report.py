@@ -23,7 +23,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     prompts = [{"id": "broken", "prompt": "broken"}, {"id": "limited", "prompt": "limited"}]
     prompts += [{"id": f"ok{index}", "prompt": f"fine {index}"} for index in range(5)]
-    with serve(rules=rules) as endpoint:
+    # The latency makes the run last over a second, the shortest run that gets a rate.
+    with serve(rules=rules, latency_ms=600) as endpoint:
         job = write_job(directory, base_url=endpoint.base_url, prompts=prompts, limits={"max_attempts": 2})
         result = run_cli("run", str(job), "--quiet")
     assert result.returncode == 1, result.stderr
@@ -98,6 +99,7 @@ def test_report_after_quota_stop(tmp_path: Path) -> None:
     assert rows["retries by kind"] == "none"
     assert rows["429 responses"] == "1"
     assert rows["stopped"] == "quota"
+    assert rows["achieved rate"] == "n/a (the run took under a second)"
     assert rows["exit code"] == "4"
 
 
