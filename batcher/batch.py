@@ -22,7 +22,7 @@ from batcher.job import Job
 from batcher.logs import LogSinks
 from batcher.progress import ProgressBar
 from batcher.preflight import PreflightResult, SentCredentials, run_preflight
-from batcher.prompts import check_prompts, iter_prompts
+from batcher.prompts import PromptCheck, check_prompts, iter_prompts
 from batcher.runner import Runner, RunSettings
 from batcher.store import SUMMARY_NAME, FILE_MODE, ResultsStore, RunLock, make_private_dir, write_json_atomically
 from batcher.summary import RunStats, build_summary, utc_now_iso
@@ -62,8 +62,7 @@ async def endpoint_for(job: Job) -> AsyncIterator[tuple[str, ApiKey | None]]:
         yield job.endpoint.base_url, key
         return
 
-    from batcher.endpoint.config import EndpointConfig
-    from batcher.endpoint.server import LocalEndpoint
+    from batcher.endpoint import EndpointConfig, LocalEndpoint
 
     generated = "sk-local-" + secrets.token_hex(16)
     async with LocalEndpoint(EndpointConfig(key=generated)) as local:
@@ -88,7 +87,7 @@ def _warn_key(key: ApiKey | None) -> None:
 
 async def check_job(job: Job, *, sinks: LogSinks) -> PreflightResult:
     """Run the key checks and the preflight only; raise the error that ends the check."""
-    check_prompts(job)
+    counts = check_prompts(job)
     async with endpoint_for(job) as (base_url, key):
         if key is not None:
             sinks.add_secrets([key.value])
@@ -99,7 +98,7 @@ async def check_job(job: Job, *, sinks: LogSinks) -> PreflightResult:
                 client,
                 mode=job.endpoint.preflight if job.endpoint.preflight != "off" else "models",
                 model=job.model,
-                models_used=frozenset({job.model}),
+                models_used=counts.models or frozenset({job.model}),
                 credentials=_credentials(job, key, headers),
                 headers=headers,
             )
@@ -157,14 +156,15 @@ async def run_job(job: Job, options: RunOptions, *, sinks: LogSinks) -> int:
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
         sinks.open_file(open(fd, "w", encoding="utf-8", newline="\n"))
         try:
-            return await _run_locked(job, options, run_id=run_id, output_dir=output_dir, sinks=sinks, prompt_count=counts.count)
+            return await _run_locked(job, options, run_id=run_id, output_dir=output_dir, sinks=sinks, counts=counts)
         finally:
             sinks.close_file()
 
 
 async def _run_locked(
-    job: Job, options: RunOptions, *, run_id: str, output_dir: Path, sinks: LogSinks, prompt_count: int
+    job: Job, options: RunOptions, *, run_id: str, output_dir: Path, sinks: LogSinks, counts: PromptCheck
 ) -> int:
+    prompt_count = counts.count
     started_at = utc_now_iso()
     started = time.monotonic()
     stats = RunStats()
@@ -215,7 +215,7 @@ async def _run_locked(
                     client,
                     mode=job.endpoint.preflight,
                     model=job.model,
-                    models_used=frozenset({job.model}),
+                    models_used=counts.models or frozenset({job.model}),
                     credentials=_credentials(job, key, headers),
                     headers=headers,
                 )

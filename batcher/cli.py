@@ -92,6 +92,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from batcher.endpoint import command as serve_command
 
+        configure_logging(LogSinks(stderr=sys.stderr, show_progress=False))
         return serve_command.run(args)
     if args.command == "report":
         from batcher.report import show_report

@@ -1,0 +1,319 @@
+"""Typed checks of job and prompt values that report problems with their file position."""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from batcher.errors import JobError
+from batcher.yaml_strict import PlainReading, YamlDocument, YamlPath
+
+# Problems listed in one error; the rest are counted.
+MAX_LISTED_PROBLEMS = 20
+
+_SEXAGESIMAL_OR_OCTAL = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?|0[0-7_]+)$")
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class Locator(Protocol):
+    """Source of checked values: a YAML document, or one line of a JSONL file."""
+
+    def locate(self, path: YamlPath, *, key: bool = False) -> tuple[str, tuple[int, int]]:
+        """Return the `file:line[:column]` label of a value and a key to sort problems by."""
+        ...
+
+    def reading(self, path: YamlPath) -> PlainReading | None:
+        """Return how YAML resolved a plain scalar that is not a string, if it did."""
+        ...
+
+
+class YamlLocator:
+    """Positions of values in a job file."""
+
+    def __init__(self, document: YamlDocument, filename: str) -> None:
+        self._document = document
+        self._filename = filename
+
+    def locate(self, path: YamlPath, *, key: bool = False) -> tuple[str, tuple[int, int]]:
+        position = self._document.position(path, key=key)
+        if position is None:
+            return self._filename, (0, 0)
+        return f"{self._filename}:{position.line}:{position.column}", (position.line, position.column)
+
+    def reading(self, path: YamlPath) -> PlainReading | None:
+        return self._document.readings.get(path)
+
+
+class LineLocator:
+    """Position of every value on one line of a JSONL file."""
+
+    def __init__(self, filename: str, line_number: int) -> None:
+        self._label = f"{filename}:{line_number}"
+        self._sort_key = (line_number, 0)
+
+    def locate(self, path: YamlPath, *, key: bool = False) -> tuple[str, tuple[int, int]]:
+        return self._label, self._sort_key
+
+    def reading(self, path: YamlPath) -> PlainReading | None:
+        return None
+
+
+def describe_type(value: Any) -> str:
+    """Name a value's JSON type with an article, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def name_of(path: YamlPath) -> str:
+    """Name the value at `path` for messages: "`model`", or "item 2 of `stop`"."""
+    if not path:
+        return "the document"
+    last = path[-1]
+    if isinstance(last, int):
+        parent = next((part for part in reversed(path) if isinstance(part, str)), None)
+        return f"item {last + 1} of `{parent}`" if parent else f"item {last + 1}"
+    return f"`{last}`"
+
+
+class Checker:
+    """Collects problems found in loaded values; `raise_if_any` turns them into a JobError.
+
+    The typed getters return the value when it is valid and None after
+    reporting a problem, so one pass finds every problem in the file.
+    """
+
+    def __init__(self, locator: Locator) -> None:
+        self.locator = locator
+        self._problems: list[tuple[tuple[int, int], str]] = []
+
+    @property
+    def count(self) -> int:
+        """Number of problems reported so far."""
+        return len(self._problems)
+
+    def report(self, path: YamlPath, message: str, *, key: bool = False) -> None:
+        label, sort_key = self.locator.locate(path, key=key)
+        self._problems.append((sort_key, f"{label}: {message}"))
+
+    def add(self, sort_key: tuple[int, int], message: str) -> None:
+        """Add a problem whose message already starts with its position."""
+        self._problems.append((sort_key, message))
+
+    def messages(self) -> list[str]:
+        """Return the problems in file order, one line each."""
+        return [message for _, message in sorted(self._problems, key=lambda item: item[0])]
+
+    def raise_if_any(self) -> None:
+        if not self._problems:
+            return
+        lines = self.messages()
+        if len(lines) > MAX_LISTED_PROBLEMS:
+            hidden = len(lines) - MAX_LISTED_PROBLEMS
+            lines = lines[:MAX_LISTED_PROBLEMS] + [f"... and {hidden} more problems"]
+        raise JobError("\n".join(lines))
+
+    def known_keys(self, mapping: dict[str, Any], path: YamlPath, allowed: Iterable[str], where: str) -> None:
+        """Report every key of `mapping` that is not in `allowed`, with the closest known key."""
+        allowed = list(allowed)
+        for key in mapping:
+            if key in allowed:
+                continue
+            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+            if close:
+                hint = f"did you mean `{close[0]}`?"
+            else:
+                hint = "expected one of: " + ", ".join(allowed)
+            self.report(path + (key,), f"unknown key `{key}` {where}; {hint}", key=True)
+
+    def string(self, value: Any, path: YamlPath, *, allow_empty: bool = False) -> str | None:
+        """Return `value` if it is a string that the file wrote as a string."""
+        reading = self.locator.reading(path)
+        if reading is not None:
+            self.report(path, _misread_string_message(name_of(path), path, reading, value))
+            return None
+        if not isinstance(value, str):
+            self.report(path, f"{name_of(path)} must be a string, not {describe_type(value)}")
+            return None
+        if not value and not allow_empty:
+            self.report(path, f"{name_of(path)} is empty; write a value or remove the key")
+            return None
+        return value
+
+    def single_line(self, value: Any, path: YamlPath) -> str | None:
+        """Return `value` if it is a non-empty string without control characters."""
+        text = self.string(value, path)
+        if text is None:
+            return None
+        if _CONTROL_CHARACTERS.search(text):
+            self.report(path, f"{name_of(path)} must not contain line breaks or control characters")
+            return None
+        return text
+
+    def boolean(self, value: Any, path: YamlPath) -> bool | None:
+        """Return `value` if it is true or false, written as such."""
+        reading = self.locator.reading(path)
+        if isinstance(value, bool) and reading is not None and reading.text.lower() not in ("true", "false"):
+            self.report(
+                path,
+                f"{name_of(path)} must be true or false; YAML 1.1 reads `{reading.text}` as "
+                f"{str(value).lower()}, but write {str(value).lower()} so every reader agrees",
+            )
+            return None
+        if not isinstance(value, bool):
+            hint = "; remove the quotes" if isinstance(value, str) and value.lower() in ("true", "false") else ""
+            self.report(path, f"{name_of(path)} must be true or false, not {describe_type(value)}{hint}")
+            return None
+        return value
+
+    def integer(self, value: Any, path: YamlPath, *, minimum: int | None = None) -> int | None:
+        """Return `value` if it is an integer of at least `minimum`."""
+        if isinstance(value, float) and not isinstance(value, bool) and math.isfinite(value):
+            self.report(path, f"{name_of(path)} must be a whole number, not {value!r}")
+            return None
+        if not isinstance(value, int) or isinstance(value, bool):
+            self.report(path, f"{name_of(path)} must be an integer, not {describe_type(value)}{_unquote_hint(value)}")
+            return None
+        if not self._number_reading_ok(path):
+            return None
+        if minimum is not None and value < minimum:
+            self.report(path, f"{name_of(path)} must be at least {minimum}, not {value}")
+            return None
+        return value
+
+    def number(
+        self,
+        value: Any,
+        path: YamlPath,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        above: float | None = None,
+    ) -> float | int | None:
+        """Return `value` if it is a finite number within the bounds (`above` is exclusive)."""
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            self.report(path, f"{name_of(path)} must be a number, not {describe_type(value)}{_unquote_hint(value)}")
+            return None
+        if not math.isfinite(value):
+            self.report(path, f"{name_of(path)} must be a finite number, not {value}")
+            return None
+        if not self._number_reading_ok(path):
+            return None
+        if above is not None and value <= above:
+            self.report(path, f"{name_of(path)} must be greater than {above:g}, not {value:g}")
+            return None
+        if minimum is not None and value < minimum:
+            bound = f"between {minimum:g} and {maximum:g}" if maximum is not None else f"at least {minimum:g}"
+            self.report(path, f"{name_of(path)} must be {bound}, not {value:g}")
+            return None
+        if maximum is not None and value > maximum:
+            bound = f"between {minimum:g} and {maximum:g}" if minimum is not None else f"at most {maximum:g}"
+            self.report(path, f"{name_of(path)} must be {bound}, not {value:g}")
+            return None
+        return value
+
+    def mapping(self, value: Any, path: YamlPath) -> dict[str, Any] | None:
+        """Return `value` if it is a mapping."""
+        if isinstance(value, dict):
+            return value
+        self.report(
+            path, f"{name_of(path)} must be a mapping, not {describe_type(value)}{_empty_hint(value, path, self)}"
+        )
+        return None
+
+    def sequence(self, value: Any, path: YamlPath) -> list[Any] | None:
+        """Return `value` if it is a list."""
+        if isinstance(value, list):
+            return value
+        self.report(path, f"{name_of(path)} must be a list, not {describe_type(value)}{_empty_hint(value, path, self)}")
+        return None
+
+    def json_value(self, value: Any, path: YamlPath) -> None:
+        """Report YAML 1.1 readings that would send something other than what was written.
+
+        `yes`, `no`, `on` and `off` become booleans, `1:30` becomes 90 and
+        `010` becomes 8 in YAML 1.1; dates, NaN and infinity have no JSON form.
+        """
+        if isinstance(value, dict):
+            for key, item in value.items():
+                self.json_value(item, path + (key,))
+            return
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                self.json_value(item, path + (index,))
+            return
+
+        if isinstance(value, float) and not math.isfinite(value):
+            self.report(path, f"{name_of(path)} is {value}, which JSON cannot carry; write a finite number")
+            return
+        reading = self.locator.reading(path)
+        if reading is None:
+            return
+        if reading.kind == "timestamp":
+            self.report(
+                path, f"{name_of(path)}: YAML read `{reading.text}` as a date, which JSON cannot carry; quote it"
+            )
+        elif reading.kind == "bool" and reading.text.lower() not in ("true", "false"):
+            self.report(
+                path,
+                f"{name_of(path)}: YAML 1.1 read `{reading.text}` as the boolean {str(value).lower()}; "
+                f"write {str(value).lower()}, or quote it if you mean the text",
+            )
+        elif reading.kind in ("int", "float"):
+            self._number_reading_ok(path)
+
+    def _number_reading_ok(self, path: YamlPath) -> bool:
+        reading = self.locator.reading(path)
+        if reading is None or not _SEXAGESIMAL_OR_OCTAL.match(reading.text):
+            return True
+        self.report(
+            path,
+            f"{name_of(path)}: YAML 1.1 read `{reading.text}` as a base-60 or octal number; "
+            "write the number in decimal, or quote it if you mean the text",
+        )
+        return False
+
+
+def _misread_string_message(name: str, path: YamlPath, reading: PlainReading, value: Any) -> str:
+    if reading.kind == "null" and reading.text == "":
+        return f"{name} has no value; write a string"
+    if reading.kind == "bool":
+        read_as = f"the boolean {str(value).lower()}"
+    elif reading.kind in ("int", "float"):
+        read_as = f"the number {value!r}"
+    elif reading.kind == "null":
+        read_as = "null"
+    else:
+        read_as = "a date"
+    key = f"{path[-1]}: " if path and isinstance(path[-1], str) else ""
+    return f'{name} must be a string, but YAML read it as {read_as}; quote it: {key}"{reading.text}"'
+
+
+def _unquote_hint(value: Any) -> str:
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        return "; remove the quotes"
+    return ""
+
+
+def _empty_hint(value: Any, path: YamlPath, checker: Checker) -> str:
+    reading = checker.locator.reading(path)
+    if value is None and reading is not None and reading.text == "":
+        return " (the key has no value); fill it in or remove the key"
+    return ""

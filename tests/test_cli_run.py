@@ -1,0 +1,130 @@
+"""End to end: the CLI as a subprocess against the bundled endpoint on 127.0.0.1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from batcher.endpoint import Rule
+from support import TEST_KEY, cli_env, final_states, read_log, read_results, read_summary, run_cli, serve, write_job
+
+
+def test_good_run_succeeds(tmp_path: Path) -> None:
+    with serve() as endpoint:
+        job = write_job(tmp_path, base_url=endpoint.base_url, count=12)
+        result = run_cli("run", str(job), "--quiet")
+        chat_requests = endpoint.stats.chat_requests
+
+    out = tmp_path / "out"
+    assert result.returncode == 0, result.stderr
+    states = final_states(out)
+    assert sorted(states) == sorted(f"p{index}" for index in range(12))
+    assert all(record["status"] == "succeeded" for record in states.values())
+    assert chat_requests == 12
+    summary = read_summary(out)
+    assert summary["succeeded"] == 12
+    assert summary["failed"] == 0
+    assert summary["total"] == 12
+    assert summary["exit_code"] == 0
+    assert summary["requests_sent"] == 13  # the preflight's GET /models included
+    assert summary["usage"]["total_tokens"] > 0
+    events = read_log(out)
+    assert events[-1]["event"] == "run.finished"
+    assert all({"timestamp", "level", "event", "run_id"} <= set(event) for event in events)
+
+
+def test_missing_key_sends_nothing(tmp_path: Path) -> None:
+    with serve() as endpoint:
+        job = write_job(tmp_path, base_url=endpoint.base_url)
+        result = run_cli("run", str(job), env=cli_env(key=None))
+        stats = endpoint.stats
+
+    assert result.returncode == 3
+    assert "BATCHER_TEST_KEY is not set" in result.stderr
+    assert stats.chat_requests == 0
+    assert stats.models_requests == 0
+
+
+def test_wrong_key_stops_at_preflight(tmp_path: Path) -> None:
+    wrong = "sk-wrong-" + "9" * 30 + "beef"
+    with serve() as endpoint:
+        job = write_job(tmp_path, base_url=endpoint.base_url)
+        result = run_cli("run", str(job), env=cli_env(key=wrong))
+        stats = endpoint.stats
+
+    assert result.returncode == 3
+    assert "invalid" in result.stderr
+    assert "sk-...beef" in result.stderr
+    assert wrong not in result.stderr + result.stdout
+    assert stats.chat_requests == 0
+    summary = read_summary(tmp_path / "out")
+    assert summary["stopped_reason"] == "auth"
+    assert summary["not_attempted"] == 5
+
+
+def test_429_wait_is_honoured(tmp_path: Path) -> None:
+    rules = (Rule(match="slow down", status=429, times=1, headers={"retry-after-ms": "300"}),)
+    prompts = [{"id": "limited", "prompt": "please slow down"}, {"id": "plain", "prompt": "hello"}]
+    with serve(rules=rules) as endpoint:
+        job = write_job(tmp_path, base_url=endpoint.base_url, prompts=prompts)
+        result = run_cli("run", str(job), "--quiet")
+
+    out = tmp_path / "out"
+    assert result.returncode == 0, result.stderr
+    states = final_states(out)
+    assert states["limited"]["status"] == "succeeded"
+    assert states["limited"]["attempts"] == 2
+    retries = [event for event in read_log(out) if event["event"] == "prompt.retry"]
+    assert len(retries) == 1
+    assert retries[0]["failure_kind"] == "rate_limit"
+    assert retries[0]["wait_s"] == 0.3
+    assert retries[0]["prompt_id"] == "limited"
+    summary = read_summary(out)
+    assert summary["rate_limited_responses"] == 1
+    assert summary["retries_by_kind"] == {"rate_limit": 1}
+
+
+def test_always_500_fails_after_max_attempts(tmp_path: Path) -> None:
+    rules = (Rule(match="broken", status=500),)
+    prompts = [{"id": "broken", "prompt": "this one is broken"}] + [{"id": f"ok{index}", "prompt": f"fine {index}"} for index in range(4)]
+    with serve(rules=rules) as endpoint:
+        job = write_job(tmp_path, base_url=endpoint.base_url, prompts=prompts, limits={"max_attempts": 3})
+        result = run_cli("run", str(job), "--quiet")
+
+    out = tmp_path / "out"
+    assert result.returncode == 1, result.stderr
+    states = final_states(out)
+    assert states["broken"]["status"] == "failed"
+    assert states["broken"]["attempts"] == 3
+    assert states["broken"]["error"]["kind"] == "server"
+    assert states["broken"]["error"]["status"] == 500
+    assert all(states[f"ok{index}"]["status"] == "succeeded" for index in range(4))
+    summary = read_summary(out)
+    assert summary["failures_by_kind"] == {"server": 1}
+    assert summary["retries_by_kind"] == {"server": 2}
+
+
+def test_example_job_runs_offline(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[1] / "jobs" / "example.yaml"
+
+    result = run_cli("run", str(example), "--output-dir", str(tmp_path / "out"), "--quiet")
+
+    assert result.returncode == 0, result.stderr
+    records = read_results(tmp_path / "out")
+    assert len(records) == 21
+    assert {record["status"] for record in records} == {"succeeded"}
+    assert read_summary(tmp_path / "out")["succeeded"] == 21
+
+
+def test_key_never_appears_in_output(tmp_path: Path) -> None:
+    rules = (Rule(match="broken", status=500),)
+    prompts = [{"id": "broken", "prompt": "broken"}, {"id": "fine", "prompt": "fine"}]
+    with serve(rules=rules) as endpoint:
+        job = write_job(tmp_path, base_url=endpoint.base_url, prompts=prompts, limits={"max_attempts": 2})
+        result = run_cli("run", str(job))
+
+    assert result.returncode == 1
+    assert TEST_KEY not in result.stdout
+    assert TEST_KEY not in result.stderr
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            assert TEST_KEY not in path.read_text(encoding="utf-8"), path
