@@ -74,7 +74,12 @@ def batcher_command() -> list[str]:
 
 
 def run_batcher_cli(
-    workload: Workload, *, timeout_s: float, extra_args: tuple[str, ...] = (), terminate_after_s: float | None = None
+    workload: Workload,
+    *,
+    timeout_s: float,
+    extra_args: tuple[str, ...] = (),
+    terminate_after_s: float | None = None,
+    cpu_marks_at_s: tuple[float, ...] = (),
 ) -> tuple[Measurement, dict[str, Any] | None]:
     """Run `batcher run JOB --quiet` into a fresh output folder; return its measurement and summary."""
     output_dir = Path(tempfile.mkdtemp(prefix="out-", dir=workload.work_dir))
@@ -85,6 +90,7 @@ def run_batcher_cli(
             cwd=workload.work_dir,
             timeout_s=timeout_s,
             terminate_after_s=terminate_after_s,
+            cpu_marks_at_s=cpu_marks_at_s,
         )
         summary_path = output_dir / "summary.json"
         summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.exists() else None

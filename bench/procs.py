@@ -27,6 +27,8 @@ class Measurement:
     stdout: str
     stderr: str
     timed_out: bool
+    # (seconds since the start, CPU seconds so far) read from /proc at the requested times.
+    cpu_marks: tuple[tuple[float, float], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -51,11 +53,13 @@ def run_measured(
     cwd: Path,
     timeout_s: float,
     terminate_after_s: float | None = None,
+    cpu_marks_at_s: tuple[float, ...] = (),
 ) -> Measurement:
     """Run `argv` to its end and measure it with wait4, which reports only this child.
 
     The child is killed after `timeout_s`. With `terminate_after_s` it gets SIGTERM at that
-    time, for benchmarks of a run that is stopped from outside.
+    time, for benchmarks of a run that is stopped from outside. `cpu_marks_at_s` reads the
+    child's CPU time so far at those times, which shows its cost after start-up.
     """
     out_path = cwd / f".child-{os.getpid()}-{time.monotonic_ns()}"
     with open(f"{out_path}.out", "w+b") as stdout, open(f"{out_path}.err", "w+b") as stderr:
@@ -71,6 +75,9 @@ def run_measured(
         timers = [threading.Timer(timeout_s, kill)]
         if terminate_after_s is not None:
             timers.append(threading.Timer(terminate_after_s, _signal, (process.pid, signal.SIGTERM)))
+        cpu_marks: list[tuple[float, float]] = []
+        for mark_s in cpu_marks_at_s:
+            timers.append(threading.Timer(mark_s, _mark_cpu, (process.pid, started, cpu_marks)))
         for timer in timers:
             timer.start()
         try:
@@ -104,12 +111,28 @@ def run_measured(
         stdout=out_text,
         stderr=err_text,
         timed_out=timed_out.is_set(),
+        cpu_marks=tuple(sorted(cpu_marks)),
     )
 
 
 def _shell_exit_code(returncode: int) -> int:
     """Map Popen's negative "killed by signal N" to the shell's 128 + N."""
     return 128 - returncode if returncode < 0 else returncode
+
+
+def _mark_cpu(pid: int, started: float, marks: list[tuple[float, float]]) -> None:
+    """Append the child's elapsed time and CPU time (user + system) read from /proc/PID/stat."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            text = stat.read()
+    except OSError:
+        return
+    elapsed_s = time.perf_counter() - started
+    # Fields after the command name, which is in brackets and may contain spaces.
+    fields = text.rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15 of proc(5), counted in clock ticks.
+    ticks = int(fields[11]) + int(fields[12])
+    marks.append((elapsed_s, ticks / os.sysconf("SC_CLK_TCK")))
 
 
 def _stop_timers(timers: list[threading.Timer]) -> None:

@@ -112,7 +112,7 @@ def _run_suites(ctx: Context, chosen: tuple[str, ...]) -> tuple[list[Section], l
         record(measure_memory(ctx))
     if "idle" in chosen:
         _progress("idle cost")
-        record(measure_idle(ctx, startup))
+        record(measure_idle(ctx))
     if "limits" in chosen:
         _progress("limit adherence")
         record(measure_limit_adherence(ctx))
