@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 BENCH_STAMP := $(VENV)/.bench-installed
 BENCH_ARGS ?=
 
-.PHONY: run test bench clean
+.PHONY: run test test-gateway bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ $(BENCH_STAMP): $(STAMP)
 # the harness in about a minute and prints the page instead.
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# Integration tests against LiteLLM's proxy on loopback; gateway/run.sh sets
+# up .venv-gateway, starts and stops the proxy.
+test-gateway: $(STAMP)
+	PYTHON=$(PYTHON) bash gateway/run.sh $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from batcher.errors import AuthError
@@ -76,42 +77,61 @@ def read_key(
 ) -> ApiKey:
     """Read the key from its file or variable and check it; raise AuthError naming the problem."""
     if api_key_file is not None:
-        source = f"the key file {api_key_file}"
-        try:
-            raw = api_key_file.read_text(encoding="utf-8-sig")
-        except FileNotFoundError:
-            raise AuthError(
-                f"The key file {api_key_file} does not exist. Write the key into it "
-                f"(chmod 600), or fix `api_key_file` in the job file."
-            ) from None
-        except UnicodeDecodeError:
-            raise AuthError(
-                f"The key file {api_key_file} is not UTF-8 text. Write the key as plain text."
-            ) from None
-        except OSError as exc:
-            raise AuthError(
-                f"The key file {api_key_file} cannot be read ({exc.strerror}). "
-                f"Check its permissions for the user that runs batcher."
-            ) from None
-        if not raw.strip():
-            raise AuthError(f"The key file {api_key_file} is empty. Write the key into it.")
-    else:
-        source = f"the variable {api_key_env}"
-        env = os.environ if environ is None else environ
-        if api_key_env not in env:
-            raise AuthError(
-                f"The variable {api_key_env} is not set, so there is no API key. "
-                f"Export it (export {api_key_env}=sk-...), or set `api_key_file` in the job's "
-                f"endpoint; cron does not load your login shell's variables."
-            )
-        raw = env[api_key_env]
-        if not raw.strip():
-            raise AuthError(
-                f"The variable {api_key_env} is set but empty. Check the line that sets it; "
-                f"an env file that was not loaded, or `export {api_key_env}=$OTHER` with OTHER "
-                f"unset, leaves it empty."
-            )
+        return _read_key_file(api_key_file)
+
+    source = f"the variable {api_key_env}"
+    env = os.environ if environ is None else environ
+    if api_key_env not in env:
+        raise AuthError(
+            f"The variable {api_key_env} is not set, so there is no API key. "
+            f"Export it (export {api_key_env}=sk-...), or set `api_key_file` in the job's "
+            f"endpoint; cron does not load your login shell's variables."
+        )
+    raw = env[api_key_env]
+    if not raw.strip():
+        raise AuthError(
+            f"The variable {api_key_env} is set but empty. Check the line that sets it; "
+            f"an env file that was not loaded, or `export {api_key_env}=$OTHER` with OTHER "
+            f"unset, leaves it empty."
+        )
     return check_key(raw, source=source)
+
+
+def _read_key_file(path: Path) -> ApiKey:
+    try:
+        raw = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise AuthError(
+            f"The key file {path} does not exist. Write the key into it "
+            f"(chmod 600), or fix `api_key_file` in the job file."
+        ) from None
+    except UnicodeDecodeError:
+        raise AuthError(
+            f"The key file {path} is not UTF-8 text. Write the key as plain text."
+        ) from None
+    except OSError as exc:
+        raise AuthError(
+            f"The key file {path} cannot be read ({exc.strerror}). "
+            f"Check its permissions for the user that runs batcher."
+        ) from None
+    if not raw.strip():
+        raise AuthError(f"The key file {path} is empty. Write the key into it.")
+
+    key = check_key(raw, source=f"the key file {path}")
+    return replace(key, warnings=key.warnings + _key_file_warnings(path))
+
+
+def _key_file_warnings(path: Path) -> tuple[str, ...]:
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return ()
+    if not mode & 0o077:
+        return ()
+    return (
+        f"The key file {path} can be read by other users (mode {stat.S_IMODE(mode):04o}). "
+        f"Run `chmod 600 {path}` so that only its owner can read the key.",
+    )
 
 
 def check_key(raw: str, *, source: str) -> ApiKey:
@@ -127,7 +147,8 @@ def check_key(raw: str, *, source: str) -> ApiKey:
     if not key:
         raise AuthError(f"The key in {source} is empty. Set the real key.")
 
-    shown = fingerprint(key)
+    # A quoted key is shown without its quotes, so its fingerprint matches the real key's.
+    shown = fingerprint(key.strip(_QUOTES))
     if key[0] in _QUOTES or key[-1] in _QUOTES:
         raise AuthError(
             f"The key in {source} ({shown}) is wrapped in quotes, which would be sent as part of "

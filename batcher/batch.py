@@ -9,21 +9,23 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 import structlog
 
 from batcher.auth import ApiKey, build_headers, describe_headers, read_key
 from batcher.client import ApiClient
-from batcher.errors import BatcherError, ExitCode
+from batcher.errors import BatcherError, ExitCode, JobError
 from batcher.job import Job
 from batcher.logs import LogSinks
 from batcher.progress import ProgressBar
 from batcher.preflight import PreflightResult, SentCredentials, run_preflight
 from batcher.prompts import PromptCheck, check_prompts, iter_prompts
-from batcher.runner import Runner, RunSettings
+from batcher.runner import Runner, RunSettings, StopCause
+from batcher.stops import explain_stop
 from batcher.store import SUMMARY_NAME, FILE_MODE, ResultsStore, RunLock, make_private_dir, write_json_atomically
 from batcher.summary import RunStats, build_summary, utc_now_iso
 
@@ -31,6 +33,8 @@ log = structlog.get_logger("batcher.batch")
 
 # Seconds that requests in flight get to finish after SIGINT or SIGTERM before they are cancelled.
 GRACE_S = 10.0
+
+_T = TypeVar("_T")
 
 _STOP_EXIT_CODES = {
     "auth": ExitCode.AUTH,
@@ -82,17 +86,25 @@ def _warn_key(key: ApiKey | None) -> None:
     if key is None:
         return
     for warning in key.warnings:
-        log.warning("key.trimmed", message=warning, key=key.fingerprint)
+        log.warning("key.warning", message=warning, key=key.fingerprint, key_source=key.source)
 
 
-async def check_job(job: Job, *, sinks: LogSinks) -> PreflightResult:
-    """Run the key checks and the preflight only; raise the error that ends the check."""
+async def check_job(
+    job: Job, *, sinks: LogSinks, show_headers: Callable[[dict[str, str]], None] | None = None
+) -> PreflightResult:
+    """Run the key checks and the preflight only; raise the error that ends the check.
+
+    `show_headers` receives the request headers, with the key as a fingerprint, before the
+    preflight sends anything.
+    """
     counts = check_prompts(job)
     async with endpoint_for(job) as (base_url, key):
         if key is not None:
             sinks.add_secrets([key.value])
         _warn_key(key)
         headers = build_headers(key, organization=job.endpoint.organization, project=job.endpoint.project)
+        if show_headers is not None:
+            show_headers(describe_headers(headers))
         async with ApiClient(base_url, headers=headers, timeout_s=job.endpoint.timeout_s, max_connections=2) as client:
             return await run_preflight(
                 client,
@@ -104,13 +116,27 @@ async def check_job(job: Job, *, sinks: LogSinks) -> PreflightResult:
             )
 
 
-class _SignalStop:
-    """Turns SIGINT and SIGTERM into a graceful stop, and a second SIGINT into an immediate one."""
+class _Interrupted(Exception):
+    """A signal arrived before the workers started, so the run ends without sending the batch."""
 
-    def __init__(self, runner: Runner) -> None:
-        self._runner = runner
+
+class _SignalStop:
+    """Turns SIGINT and SIGTERM into a graceful stop, and a second signal into an immediate one.
+
+    Before the workers start, a signal cancels the step in progress (the endpoint start or the
+    preflight), because no response worth waiting for is in flight yet. Once the runner is
+    attached, a signal stops it gracefully: requests in flight get GRACE_S to finish.
+    """
+
+    def __init__(self) -> None:
         self.signal_number: int | None = None
+        self._runner: Runner | None = None
+        self._guarded: asyncio.Future[Any] | None = None
         self._grace: asyncio.TimerHandle | None = None
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return ExitCode.SIGTERM if self.signal_number == signal.SIGTERM else ExitCode.SIGINT
 
     def install(self) -> None:
         loop = asyncio.get_running_loop()
@@ -124,22 +150,55 @@ class _SignalStop:
         if self._grace is not None:
             self._grace.cancel()
 
+    async def guard(self, awaitable: Awaitable[_T]) -> _T:
+        """Await a step before the workers start; raise _Interrupted if a signal cancels it."""
+        if self.signal_number is not None:
+            raise _Interrupted
+        task = asyncio.ensure_future(awaitable)
+        self._guarded = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            # Only our own cancellation becomes _Interrupted; one aimed at this task passes on.
+            if self.signal_number is None or (current is not None and current.cancelling()):
+                raise
+            raise _Interrupted from None
+        finally:
+            self._guarded = None
+
+    def attach(self, runner: Runner) -> None:
+        """Route later signals to `runner`; raise _Interrupted if one has already arrived."""
+        if self.signal_number is not None:
+            raise _Interrupted
+        self._runner = runner
+
     def _on_signal(self, number: int) -> None:
         name = signal.Signals(number).name
+        runner = self._runner
         if self.signal_number is not None:
-            log.warning("run.stop_now", signal=name, failure_kind=None, in_flight=self._runner.in_flight)
-            self._runner.cancel_in_flight()
+            if runner is not None:
+                log.warning("run.stop_now", signal=name, failure_kind=None, in_flight=runner.in_flight)
+                runner.cancel_in_flight()
             return
+
         self.signal_number = number
+        if runner is None:
+            log.warning("run.stopping", signal=name, failure_kind=None, stopped_reason="interrupted", in_flight=0)
+            if self._guarded is not None:
+                self._guarded.cancel()
+            return
+
         log.warning(
             "run.stopping",
             signal=name,
+            failure_kind=None,
             stopped_reason="interrupted",
-            in_flight=self._runner.in_flight,
+            in_flight=runner.in_flight,
             grace_s=GRACE_S,
         )
-        self._runner.stop("interrupted")
-        self._grace = asyncio.get_running_loop().call_later(GRACE_S, self._runner.cancel_in_flight)
+        runner.stop("interrupted")
+        self._grace = asyncio.get_running_loop().call_later(GRACE_S, runner.cancel_in_flight)
 
 
 async def run_job(job: Job, options: RunOptions, *, sinks: LogSinks) -> int:
@@ -149,20 +208,42 @@ async def run_job(job: Job, options: RunOptions, *, sinks: LogSinks) -> int:
     structlog.contextvars.bind_contextvars(run_id=run_id)
 
     counts = check_prompts(job)
-    make_private_dir(output_dir)
-    make_private_dir(output_dir / "logs")
+    # asyncio.run turns a SIGINT during the synchronous check above into a cancellation of this
+    # task. This await delivers it, so the command ends with exit 130 before creating any file.
+    await asyncio.sleep(0)
+
+    try:
+        make_private_dir(output_dir)
+        make_private_dir(output_dir / "logs")
+    except OSError as exc:
+        raise JobError(
+            f"Cannot create the output folder {output_dir}: {exc.strerror}. "
+            f"Choose a writable folder with --output-dir or `output_dir` in the job file."
+        ) from None
     with RunLock(output_dir):
         log_path = output_dir / "logs" / f"{run_id}.jsonl"
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
         sinks.open_file(open(fd, "w", encoding="utf-8", newline="\n"))
+        stopper = _SignalStop()
+        stopper.install()
         try:
-            return await _run_locked(job, options, run_id=run_id, output_dir=output_dir, sinks=sinks, counts=counts)
+            return await _run_locked(
+                job, options, run_id=run_id, output_dir=output_dir, sinks=sinks, counts=counts, stopper=stopper
+            )
         finally:
+            stopper.remove()
             sinks.close_file()
 
 
 async def _run_locked(
-    job: Job, options: RunOptions, *, run_id: str, output_dir: Path, sinks: LogSinks, counts: PromptCheck
+    job: Job,
+    options: RunOptions,
+    *,
+    run_id: str,
+    output_dir: Path,
+    sinks: LogSinks,
+    counts: PromptCheck,
+    stopper: _SignalStop,
 ) -> int:
     prompt_count = counts.count
     started_at = utc_now_iso()
@@ -186,6 +267,7 @@ async def _run_locked(
         )
 
     stopped_reason: str | None = None
+    stop_message: str | None = None
     exit_code: int = ExitCode.OK
     client: ApiClient | None = None
     try:
@@ -211,13 +293,16 @@ async def _run_locked(
                 timeout_s=job.endpoint.timeout_s,
                 max_connections=settings.concurrency + 2,
             ) as client:
-                await run_preflight(
-                    client,
-                    mode=job.endpoint.preflight,
-                    model=job.model,
-                    models_used=counts.models or frozenset({job.model}),
-                    credentials=_credentials(job, key, headers),
-                    headers=headers,
+                credentials = _credentials(job, key, headers)
+                preflight = await stopper.guard(
+                    run_preflight(
+                        client,
+                        mode=job.endpoint.preflight,
+                        model=job.model,
+                        models_used=counts.models or frozenset({job.model}),
+                        credentials=credentials,
+                        headers=headers,
+                    )
                 )
                 runner = Runner(
                     client=client,
@@ -227,15 +312,26 @@ async def _run_locked(
                     stats=stats,
                     run_id=run_id,
                 )
-                stopper = _SignalStop(runner)
-                stopper.install()
+                stopper.attach(runner)
                 bar_task = _start_progress(sinks, stats, total=prompt_count)
                 try:
                     stopped_reason = await runner.run()
                 finally:
-                    stopper.remove()
+                    # A signal after the runner returned finds nothing left to stop.
+                    signal_number = stopper.signal_number
                     await _stop_progress(sinks, bar_task)
-                exit_code = _exit_code(stats, stopped_reason, stopper.signal_number)
+                exit_code = _exit_code(stats, stopped_reason, signal_number)
+                if runner.stop_cause is not None:
+                    stop_message = explain_stop(
+                        runner.stop_cause,
+                        credentials=credentials,
+                        stats=stats,
+                        key_worked=preflight.method != "off" or stats.succeeded > 0,
+                    )
+                    _log_stop(runner.stop_cause, stop_message)
+    except _Interrupted:
+        stopped_reason = "interrupted"
+        exit_code = stopper.exit_code
     except BatcherError as exc:
         stopped_reason = exc.failure_kind if exc.failure_kind in _STOP_EXIT_CODES else None
         exit_code = exc.exit_code
@@ -247,16 +343,33 @@ async def _run_locked(
         )
         _finish(
             store, stats, run_id=run_id, job=job, output_dir=output_dir, started_at=started_at,
-            started=started, requests_sent=client.requests_sent if client else 0,
+            started=started, client=client,
             stopped_reason=stopped_reason, exit_code=exit_code, prompt_count=prompt_count,
         )
         raise
     _finish(
         store, stats, run_id=run_id, job=job, output_dir=output_dir, started_at=started_at,
-        started=started, requests_sent=client.requests_sent if client else 0,
+        started=started, client=client,
         stopped_reason=stopped_reason, exit_code=exit_code, prompt_count=prompt_count,
     )
+    if stop_message is not None:
+        # Printed last, like the message of an error that ends the command.
+        print(f"batcher: {stop_message}", file=sys.stderr)
     return exit_code
+
+
+def _log_stop(cause: StopCause, message: str) -> None:
+    failure = cause.failure
+    log.error(
+        "run.stopped",
+        stopped_reason=failure.kind.value,
+        failure_kind=failure.kind.value,
+        prompt_id=cause.prompt_id,
+        status=failure.status,
+        code=failure.code,
+        request_id=failure.request_id,
+        message=message,
+    )
 
 
 def _start_progress(sinks: LogSinks, stats: RunStats, *, total: int) -> asyncio.Task[None] | None:
@@ -298,7 +411,7 @@ def _finish(
     output_dir: Path,
     started_at: str,
     started: float,
-    requests_sent: int,
+    client: ApiClient | None,
     stopped_reason: str | None,
     exit_code: int,
     prompt_count: int,
@@ -307,6 +420,9 @@ def _finish(
     if stats.total < prompt_count:
         # The run ended before the producer read every prompt (a preflight failure).
         stats.total = prompt_count
+    if client is not None:
+        # The client also counts the preflight's 429s, which never reach the runner.
+        stats.rate_limited_responses = client.rate_limited_responses
     summary = build_summary(
         stats,
         run_id=run_id,
@@ -315,7 +431,7 @@ def _finish(
         started_at=started_at,
         finished_at=utc_now_iso(),
         duration_s=time.monotonic() - started,
-        requests_sent=requests_sent,
+        requests_sent=client.requests_sent if client is not None else 0,
         stopped_reason=stopped_reason,
         exit_code=int(exit_code),
     )

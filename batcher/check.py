@@ -17,7 +17,7 @@ def run_check(job: Job, *, sinks: LogSinks) -> int:
     print(f"endpoint:  {'bundled local endpoint' if job.endpoint.local else job.endpoint.base_url}")
     print(f"model:     {job.model}")
     try:
-        result = asyncio.run(check_job(job, sinks=sinks))
+        result = asyncio.run(check_job(job, sinks=sinks, show_headers=_print_headers))
     except BatcherError as exc:
         print(f"result:    FAILED (exit {int(exc.exit_code)})")
         print(f"batcher: {exc.message}", file=sys.stderr)
@@ -29,3 +29,8 @@ def run_check(job: Job, *, sinks: LogSinks) -> int:
         more = f" and {len(result.models) - 20} more" if len(result.models) > 20 else ""
         print(f"models:    {shown}{more}")
     return 0
+
+
+def _print_headers(headers: dict[str, str]) -> None:
+    shown = ", ".join(f"{name}: {value}" for name, value in headers.items())
+    print(f"headers:   {shown}", flush=True)

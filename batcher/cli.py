@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -86,6 +87,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("batcher: interrupted", file=sys.stderr)
         return int(ExitCode.SIGINT)
+    except Exception as exc:
+        # A bug, not bad input: show what failed in one line, and the traceback only on request,
+        # since cron mails whatever is printed.
+        if os.environ.get("BATCHER_DEBUG"):
+            raise
+        print(
+            f"batcher: internal error: {type(exc).__name__}: {exc}. "
+            f"Run again with BATCHER_DEBUG=1 to see the traceback, and report it.",
+            file=sys.stderr,
+        )
+        return 70
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -54,7 +54,9 @@ class ApiClient:
         max_connections: int,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # Every request sent and every 429 received, the preflight's included, for the summary.
         self.requests_sent = 0
+        self.rate_limited_responses = 0
         self._headers = dict(headers)
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._max_connections = max_connections
@@ -109,6 +111,8 @@ class ApiClient:
             return Reply(None, classify_exception(exc), {}, _elapsed_ms(started))
 
         latency_ms = _elapsed_ms(started)
+        if status == 429:
+            self.rate_limited_responses += 1
         if expect_completion:
             verdict = classify_response(status, headers, raw)
         else:

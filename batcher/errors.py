@@ -31,11 +31,14 @@ class BatcherError(Exception):
     """An error that ends the command with a message for the user and an exit code."""
 
     exit_code: ExitCode = ExitCode.INVALID_INPUT
+    # The failure kind that log events about this error carry; None when no request failed.
     failure_kind: str | None = None
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, failure_kind: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if failure_kind is not None:
+            self.failure_kind = failure_kind
 
 
 class JobError(BatcherError):
@@ -48,10 +51,7 @@ class AuthError(BatcherError):
     """The key is missing or malformed, or the endpoint rejected it."""
 
     exit_code = ExitCode.AUTH
-
-    def __init__(self, message: str, *, failure_kind: str = "auth") -> None:
-        super().__init__(message)
-        self.failure_kind = failure_kind
+    failure_kind = "auth"
 
 
 class QuotaError(BatcherError):

@@ -8,7 +8,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,21 +46,6 @@ LIMIT_KEYS = (
 
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-# Key names that mean "the API key itself", compared without case, `-` or `_`.
-_SECRET_KEY_NAMES = frozenset(
-    {
-        "apikey",
-        "key",
-        "openaiapikey",
-        "secret",
-        "secretkey",
-        "token",
-        "accesstoken",
-        "bearer",
-        "authorization",
-        "password",
-    }
-)
 _KEY_PREFIXES = ("sk-", "sk_", "Bearer ")
 
 
@@ -96,7 +80,7 @@ class Limits:
     # Backoff when the endpoint names no wait: full jitter up to base * 2^(retry - 1), capped.
     backoff_base_s: float = 1.0
     backoff_max_s: float = 60.0
-    # A wait the endpoint asks for that is longer than this fails the prompt instead; None waits.
+    # A retry wait requested by the endpoint above this fails the prompt instead; None waits.
     max_wait_s: float | None = None
 
 
@@ -109,7 +93,7 @@ class Job:
     endpoint: EndpointSettings
     model: str
     system: str | None
-    params: Mapping[str, Any]
+    params: Mapping[str, Any]  # a plain dict, so that dataclasses.asdict works; callers must not modify it
     limits: Limits
     output_dir: Path
     prompts_file: Path | None
@@ -150,7 +134,10 @@ def load_job(path: str | Path, *, environ: Mapping[str, str] | None = None) -> J
     checker = Checker(YamlLocator(document, filename))
     for position, message in document.problems:
         checker.add((position.line, position.column), f"{filename}:{position.line}:{position.column}: {message}")
-    job = _JobParser(checker, job_path, filename, environ).parse(document.data)
+    try:
+        job = _JobParser(checker, job_path, filename, environ).parse(document.data)
+    except RecursionError:
+        raise JobError(f"{filename}: the YAML is nested too deeply to check") from None
     checker.raise_if_any()
     if job is None:
         raise JobError(f"{filename}: the job file is invalid")
@@ -176,7 +163,7 @@ def _looks_like_key(text: str) -> bool:
 
 
 class _JobParser:
-    """Checks each section of a job file, reporting problems to one Checker."""
+    """Parser that checks each section of a job file and reports problems to one Checker."""
 
     def __init__(self, checker: Checker, job_path: Path, filename: str, environ: Mapping[str, str]) -> None:
         self.checker = checker
@@ -228,7 +215,7 @@ class _JobParser:
             endpoint=endpoint,
             model=model,
             system=system,
-            params=MappingProxyType(params),
+            params=params,
             limits=limits,
             output_dir=output_dir,
             prompts_file=prompts_file,
@@ -237,20 +224,8 @@ class _JobParser:
 
     def _check_keys(self, mapping: dict[str, Any], path: YamlPath, allowed: tuple[str, ...], where: str) -> None:
         """Report unknown keys, and keys that would hold the API key itself."""
-        others = {}
-        for key in mapping:
-            if key.lower().replace("-", "").replace("_", "") in _SECRET_KEY_NAMES:
-                # The value is never echoed: it is probably the key.
-                self.checker.report(
-                    path + (key,),
-                    f"`{key}` does not belong in the job file, because job files get copied and "
-                    "committed; put the API key in an environment variable named by "
-                    "`endpoint.api_key_env` (default OPENAI_API_KEY), or in a file named by "
-                    "`endpoint.api_key_file`",
-                    key=True,
-                )
-            else:
-                others[key] = None
+        secret_keys = self.checker.secret_keys(mapping, path)
+        others = {key: None for key in mapping if key not in secret_keys}
         self.checker.known_keys(others, path, allowed, where)
 
     def _required(self, root: dict[str, Any], key: str, example: str) -> str | None:
@@ -386,7 +361,10 @@ class _JobParser:
         return api_key_env, api_key_file
 
     def _base_url(self, url: str | None, path: YamlPath, origin: str, allow_insecure_http: bool) -> str | None:
-        """Check a base URL; its value is never echoed, because it might carry credentials."""
+        """Check a base URL and return it without trailing slashes.
+
+        Messages name at most its host, because the URL might carry credentials.
+        """
         if url is None:
             return None
         report = self.checker.report
@@ -459,17 +437,24 @@ class _JobParser:
         return self._relative_to_job(text)
 
     def _header_value(self, value: Any, path: YamlPath) -> str | None:
+        """Check a value sent as an HTTP header, such as the organization id."""
         text = self.checker.single_line(value, path)
-        if text is not None and _looks_like_key(text):
+        if text is None:
+            return None
+        if _looks_like_key(text):
             self.checker.report(
                 path,
-                f"{path[-1]} looks like an API key; write the {path[-1]} id here and keep the key out of the job file",
+                f"`{path[-1]}` looks like an API key; write the {path[-1]} id here, "
+                "and keep the key out of the job file",
             )
+            return None
+        if not text.isascii():
+            self.checker.report(path, f"`{path[-1]}` must be ASCII, because it is sent as an HTTP header")
             return None
         return text
 
     def _preflight(self, value: Any, path: YamlPath) -> str:
-        # `off` unquoted is the boolean false in YAML 1.1; the text as written decides.
+        # YAML 1.1 reads an unquoted `off` as false, so the text as written decides.
         reading = self.checker.locator.reading(path)
         text = reading.text if reading is not None else value
         if isinstance(text, str) and text in PREFLIGHT_MODES:

@@ -20,16 +20,16 @@ except ImportError:  # not installed, or no wheel for this platform
 JSONDecodeError = json.JSONDecodeError
 
 
-def _json_dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+def _json_dumps(value: Any, ascii_only: bool = False) -> str:
+    return json.dumps(value, ensure_ascii=ascii_only, separators=(",", ":"))
 
 
 if orjson is None:
     loads = json.loads
 
-    def dumps(value: Any) -> str:
-        """Encode compactly as UTF-8 text, keeping non-ASCII characters readable."""
-        return _json_dumps(value)
+    def dumps(value: Any, *, ascii_only: bool = False) -> str:
+        """Encode compactly, keeping non-ASCII characters readable unless `ascii_only` escapes them."""
+        return _json_dumps(value, ascii_only)
 
 else:
     _orjson_loads = orjson.loads
@@ -46,8 +46,11 @@ else:
         except _OrjsonDecodeError:
             return json.loads(data)
 
-    def dumps(value: Any) -> str:
-        """Encode compactly as UTF-8 text, keeping non-ASCII characters readable."""
+    def dumps(value: Any, *, ascii_only: bool = False) -> str:
+        """Encode compactly, keeping non-ASCII characters readable unless `ascii_only` escapes them."""
+        if ascii_only:
+            # orjson has no option to escape non-ASCII characters.
+            return _json_dumps(value, ascii_only)
         try:
             return _orjson_dumps(value).decode("utf-8")
         except TypeError:

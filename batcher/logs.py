@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterable
 from typing import Any, TextIO
 
@@ -14,10 +15,13 @@ _REDACTED = "[REDACTED]"
 
 
 class LogSinks:
-    """Writes each event as one JSON line to the log file, and to stderr for a person.
+    """Writes each event as one JSON line to the log file, and a copy to stderr.
 
-    On a terminal stderr gets structlog's readable console format; otherwise (cron, CI, a
-    redirect) it gets the same JSON lines as the file, with no colour and no carriage return.
+    On a terminal, stderr gets structlog's readable console format. Elsewhere (cron, CI, a
+    redirect) it gets the file's JSON lines, with no colour and no carriage return. The file is
+    always UTF-8. Where stderr's encoding cannot hold every character (a Latin-1 locale, or the
+    C locale with Python's UTF-8 mode off), its JSON lines escape non-ASCII as `\\uXXXX`,
+    because the stream's own replacement (`\\xe9`) would make them invalid JSON.
     """
 
     def __init__(
@@ -33,6 +37,7 @@ class LogSinks:
         self._stderr_level = _LEVELS[stderr_level]
         self._file_level = _LEVELS[file_level]
         self._is_tty = stderr.isatty()
+        self._stderr_ascii_only = not _encodes_all_unicode(getattr(stderr, "encoding", None))
         self._console = structlog.dev.ConsoleRenderer(colors=self._is_tty) if self._is_tty else None
         self._secrets: tuple[str, ...] = ()
         # The terminal's progress bar, cleared before a log line is printed and redrawn after.
@@ -66,6 +71,8 @@ class LogSinks:
                 self.progress.clear()
             if self._console is not None:
                 self._stderr.write(self._console(logger, method_name, dict(event_dict)) + "\n")
+            elif self._stderr_ascii_only:
+                self._stderr.write(dumps(event_dict, ascii_only=True) + "\n")
             else:
                 self._stderr.write((line or dumps(event_dict)) + "\n")
             self._stderr.flush()
@@ -84,6 +91,16 @@ class LogSinks:
         if isinstance(value, (list, tuple)):
             return [self._redact(item) for item in value]
         return value
+
+
+def _encodes_all_unicode(encoding: str | None) -> bool:
+    """Tell whether a stream with this encoding takes any text; None is an in-memory stream."""
+    if encoding is None:
+        return True
+    try:
+        return codecs.lookup(encoding).name.startswith("utf")
+    except LookupError:
+        return False
 
 
 def configure_logging(sinks: LogSinks) -> None:

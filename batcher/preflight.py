@@ -17,8 +17,11 @@ from batcher.failures import Failure, FailureKind
 log = structlog.get_logger("batcher.preflight")
 
 # Attempts for a preflight request that fails with a 5xx, a timeout, a network error or a 429.
-PREFLIGHT_ATTEMPTS = 4
-PREFLIGHT_BACKOFF_S = (1.0, 2.0, 4.0)
+# Kept small because the check runs before every batch: an endpoint that is still failing
+# after 3 s is reported, and cron or the user tries again later.
+PREFLIGHT_ATTEMPTS = 3
+# Seconds to wait before the second and the third attempt, unless the endpoint requests a wait.
+PREFLIGHT_BACKOFF_S = (1.0, 2.0)
 # The preflight waits at most this long for a rate-limited endpoint before giving up.
 PREFLIGHT_MAX_WAIT_S = 60.0
 
@@ -73,7 +76,7 @@ async def run_preflight(
         await _chat_probe(client, model=model, credentials=credentials, after_models_status=None)
         return PreflightResult(method="chat", models=None)
 
-    reply = await _send_with_retries(client, client.get_models, what="GET /models")
+    reply, attempts = await _send_with_retries(client, client.get_models, what="GET /models")
     if reply.failure is None:
         listed = _model_ids(reply)
         _check_models(models_used, listed, base_url=client.base_url)
@@ -91,14 +94,16 @@ async def run_preflight(
         )
         await _chat_probe(client, model=model, credentials=credentials, after_models_status=failure.status)
         return PreflightResult(method="chat", models=None)
-    raise _stop_error(failure, credentials=credentials, base_url=client.base_url, what="GET /models")
+    raise _stop_error(
+        failure, credentials=credentials, base_url=client.base_url, what="GET /models", attempts=attempts
+    )
 
 
 async def _chat_probe(
     client: ApiClient, *, model: str, credentials: SentCredentials, after_models_status: int | None
 ) -> None:
     body = {"model": model, "messages": [{"role": "user", "content": "ping"}], "max_tokens": 1}
-    reply = await _send_with_retries(client, lambda: client.post_chat(body), what="the chat probe")
+    reply, attempts = await _send_with_retries(client, lambda: client.post_chat(body), what="the chat probe")
     failure = reply.failure
     if failure is None:
         log.info("preflight.passed", method="chat")
@@ -108,12 +113,14 @@ async def _chat_probe(
         if failure.code == "model_not_found":
             raise JobError(
                 f"The endpoint {client.base_url} has no model `{model}` (404 model_not_found). "
-                f"Fix `model` in the job file."
+                f"Fix `model` in the job file.",
+                failure_kind=failure.kind.value,
             )
         hint = _base_url_hint(client.base_url)
         raise EndpointError(
-            f"Both GET /models and POST /chat/completions answered 404 at {client.base_url}, "
-            f"so this is probably not the API's base URL. {hint}"
+            f"Both GET /models and POST /chat/completions returned 404 at {client.base_url}, "
+            f"so this is probably not the API's base URL. {hint}",
+            failure_kind=failure.kind.value,
         )
     if failure.kind in (FailureKind.BAD_REQUEST, FailureKind.CONTENT_FILTER):
         # The endpoint looked at the request, so the key was accepted; the one-token probe
@@ -122,29 +129,34 @@ async def _chat_probe(
         return
     if failure.kind is FailureKind.PERMISSION and after_models_status is not None:
         raise AuthError(
-            f"The key is not allowed to use this endpoint: GET /models answered "
-            f"{after_models_status} and the chat probe with model `{model}` answered 403 "
+            f"The key is not allowed to use this endpoint: GET /models returned "
+            f"{after_models_status} and the chat probe with model `{model}` returned 403 "
             f"({failure.code or failure.type or 'no code'}). Sent {credentials.describe()}. "
             f"Give the key access to the model (restricted keys need the model capability), "
             f"or use another key.",
             failure_kind="permission",
         )
-    raise _stop_error(failure, credentials=credentials, base_url=client.base_url, what="the chat probe")
+    raise _stop_error(
+        failure, credentials=credentials, base_url=client.base_url, what="the chat probe", attempts=attempts
+    )
 
 
-async def _send_with_retries(client: ApiClient, send, *, what: str) -> Reply:
-    """Send a preflight request, retrying 5xx, timeouts, network errors and plain 429s."""
+async def _send_with_retries(client: ApiClient, send, *, what: str) -> tuple[Reply, int]:
+    """Send a preflight request, retrying 5xx, timeouts, network errors and plain 429s.
+
+    Returns the last reply and the number of attempts made.
+    """
     waited_s = 0.0
     for attempt in range(1, PREFLIGHT_ATTEMPTS + 1):
         reply: Reply = await send()
         failure = reply.failure
         if failure is None or not failure.retryable or failure.stops_run:
-            return reply
+            return reply, attempt
         if attempt == PREFLIGHT_ATTEMPTS:
-            return reply
+            return reply, attempt
         wait_s = failure.wait_s if failure.wait_s is not None else PREFLIGHT_BACKOFF_S[attempt - 1]
         if waited_s + wait_s > PREFLIGHT_MAX_WAIT_S:
-            return reply
+            return reply, attempt
         log.info(
             "preflight.retry",
             request=what,
@@ -158,64 +170,90 @@ async def _send_with_retries(client: ApiClient, send, *, what: str) -> Reply:
     raise AssertionError("unreachable")
 
 
-def _stop_error(failure: Failure, *, credentials: SentCredentials, base_url: str, what: str) -> Exception:
+def _stop_error(
+    failure: Failure, *, credentials: SentCredentials, base_url: str, what: str, attempts: int
+) -> Exception:
     host = urlsplit(base_url).netloc
+    subject = _capitalized(what)
     if failure.kind is FailureKind.AUTH:
-        return AuthError(diagnose_401(failure, credentials=credentials, what=what))
+        return AuthError(diagnose_401(failure, credentials=credentials, what=subject))
     if failure.kind is FailureKind.PERMISSION:
         return AuthError(
-            f"{what} answered 403 ({failure.code or failure.type or 'no code'}): the key may not "
-            f"use this endpoint. Sent {credentials.describe()}.",
+            f"{subject} returned 403 ({failure.code or failure.type or 'no code'}): the key is not "
+            f"allowed to use this endpoint. Sent {credentials.describe()}. Give the key access "
+            f"(a restricted key needs the matching permission), or use another key.",
             failure_kind="permission",
         )
     if failure.kind is FailureKind.QUOTA:
         return QuotaError(
-            f"{what} answered 429 {failure.code or failure.type}: the account's quota is used up. "
-            f"Check the plan and billing of the key's organization; nothing was sent."
+            f"{subject} returned 429 {failure.code or failure.type}: the account's quota is used "
+            f"up, so no prompt was sent. Check the plan and billing of "
+            f"{_organization_phrase(credentials)}, or use a key of another organization."
         )
     if failure.location:
         return EndpointError(
-            f"{what} at {base_url} answered a redirect ({failure.status}) to {failure.location}. "
-            f"batcher does not follow redirects with the key; set base_url to the final address."
+            f"{subject} at {base_url} returned a redirect ({failure.status}) to {failure.location}. "
+            f"batcher does not follow redirects with the key; set base_url to the final address.",
+            failure_kind=failure.kind.value,
         )
     detail = failure.message or failure.kind.value
+    tries = f" after {attempts} attempts" if attempts > 1 else ""
     return EndpointError(
-        f"The preflight could not complete: {what} at {host} failed with "
+        f"The preflight could not complete: {what} at {host} failed{tries} with "
         f"{failure.status or failure.kind.value} ({detail}). Check that base_url is right and "
-        f"that the endpoint is up, or set `preflight: off` to skip the check."
+        f"that the endpoint is up, or set `preflight: off` to skip the check.",
+        failure_kind=failure.kind.value,
     )
 
 
 def diagnose_401(failure: Failure, *, credentials: SentCredentials, what: str) -> str:
-    """Say which of the common 401 causes this is, from the error's code, never its message."""
+    """Say which of the common 401 causes this is, from the error's code, never its message.
+
+    `what` names the request and starts the message, so it starts with a capital letter.
+    """
     code = failure.code
     if code in _ORGANIZATION_CODES:
         return (
-            f"{what} answered 401 {code}: the key does not belong to the organization "
+            f"{what} returned 401 {code}: the key does not belong to the organization "
             f"`{credentials.organization}` that was sent as OpenAI-Organization. Fix "
             f"`organization` in the job file, or remove it to use the key's default. "
             f"Sent {credentials.describe()}."
         )
     if code in _PROJECT_CODES:
         return (
-            f"{what} answered 401 {code}: the key does not belong to the project "
+            f"{what} returned 401 {code}: the key does not belong to the project "
             f"`{credentials.project}` that was sent as OpenAI-Project. Fix `project` in the job "
             f"file, or remove it. Sent {credentials.describe()}."
         )
     if code is None and credentials.key is not None:
+        # OpenAI rejects a request without an Authorization header with a 401 that has no code.
         return (
-            f"{what} answered 401 saying no API key was provided, but batcher sent one "
-            f"({credentials.describe()}). The Authorization header did not reach the server: "
-            f"a proxy or a redirect in between may drop it, or the header was set on the wrong "
-            f"object. Check HTTPS_PROXY and base_url."
+            f"{what} returned 401 without an error code, which is how OpenAI reports that no "
+            f"API key was provided, but batcher sent one ({credentials.describe()}). The "
+            f"Authorization header probably did not reach the server. Likely causes: a proxy in "
+            f"between dropped it, a redirect dropped it, or a gateway in front of the API sets "
+            f"the header on the wrong object (its own request instead of the forwarded one). "
+            f"Check HTTPS_PROXY and base_url."
         )
     if code is None:
-        return f"{what} answered 401: no API key was sent. Set the key; sent {credentials.describe()}."
+        return f"{what} returned 401: no API key was sent. Set the key; sent {credentials.describe()}."
+    source = credentials.key.source if credentials.key is not None else "the key variable or file"
     return (
-        f"{what} answered 401 ({code}): the server rejected the key as invalid. Sent "
-        f"{credentials.describe()}. Create a new key, or check that the variable or file holds "
-        f"the key for this endpoint."
+        f"{what} returned 401{'' if code == '401' else f' ({code})'}: the server rejected the key "
+        f"as invalid. Sent "
+        f"{credentials.describe()}. Check that {source} holds a valid key for this endpoint, "
+        f"or create a new key."
     )
+
+
+def _organization_phrase(credentials: SentCredentials) -> str:
+    if credentials.organization:
+        return f"the organization {credentials.organization}"
+    return "the key's organization"
+
+
+def _capitalized(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _model_ids(reply: Reply) -> list[str]:
@@ -236,7 +274,8 @@ def _check_models(models_used: frozenset[str], listed: list[str], *, base_url: s
             suggestion = f"Models listed: {shown}{' ...' if len(listed) > 10 else ''}."
         raise JobError(
             f"The model `{model}` is not in the model list of {base_url}. {suggestion} "
-            f"Fix the model name in the job file, or set `preflight: chat` if the list is incomplete."
+            f"Fix the model name in the job file, or set `preflight: chat` if the list is incomplete.",
+            failure_kind=FailureKind.NOT_FOUND.value,
         )
 
 

@@ -30,8 +30,11 @@ BATCH_URL = "/v1/chat/completions"
 
 # Ids hashed per sort run when looking for duplicates: 512 KiB of int64 each.
 _SORT_RUN_LENGTH = 1 << 16
-# Duplicate ids named in one error; the rest are counted.
+# Maximum number of duplicate ids named in one error; the search stops there.
 _MAX_NAMED_DUPLICATES = MAX_LISTED_PROBLEMS
+
+# Canonical JSON for default ids; changing it changes every default id.
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +72,7 @@ def default_id(body: Mapping[str, Any]) -> str:
     The body contains the model, the messages (the job's system message
     included) and the parameters, so the id changes when any of them does.
     """
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canonical = _CANONICAL_JSON.encode(body)
     return "p-" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
@@ -114,8 +117,11 @@ def check_params(checker: Checker, value: Any, path: YamlPath) -> dict[str, Any]
         return None
 
     before = checker.count
+    secret_keys = checker.secret_keys(params, path)
     for key, item in params.items():
         item_path = path + (key,)
+        if key in secret_keys:
+            continue
         if key == "model":
             checker.report(item_path, "`model` is not a parameter; set it at the top level or on the prompt", key=True)
         elif key == "messages":
@@ -489,10 +495,14 @@ def _parse_line(
         ]
 
     checker = Checker(LineLocator(filename, line_number))
-    if any(key in record for key in BATCH_KEYS):
-        prompt = _parse_batch_line(checker, record, defaults, label)
-    else:
-        prompt = parse_prompt(checker, record, (), defaults=defaults, source=label)
+    try:
+        if any(key in record for key in BATCH_KEYS):
+            prompt = _parse_batch_line(checker, record, defaults, label)
+        else:
+            prompt = parse_prompt(checker, record, (), defaults=defaults, source=label)
+    except RecursionError:
+        # The decoder accepts nesting close to the recursion limit, and the checks recurse further.
+        return None, [f"{label}: the JSON is nested too deeply to read"]
     return prompt, checker.messages()
 
 

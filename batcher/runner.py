@@ -42,6 +42,14 @@ class RunSettings:
     limit: int | None = None
 
 
+@dataclass(frozen=True)
+class StopCause:
+    """The response that stopped the run (auth, permission or quota) and the prompt it answered."""
+
+    prompt_id: str
+    failure: Failure
+
+
 _END = object()
 
 
@@ -78,6 +86,8 @@ class Runner:
             tokens_per_minute=settings.tokens_per_minute,
         )
         self.stopped_reason: str | None = None
+        # The first response that stopped the run; None when the run was not stopped by one.
+        self.stop_cause: StopCause | None = None
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(settings.concurrency * 2, 16))
         self._workers: list[asyncio.Task[None]] = []
         self._sending: set[asyncio.Task[Any]] = set()
@@ -179,13 +189,21 @@ class Runner:
                 reply.headers, rate_limited=failure.kind is FailureKind.RATE_LIMIT, wait_s=wait_s
             )
             if failure.stops_run:
-                self._record_failure(prompt, failure, attempt)
+                self._record_failure(prompt, failure, attempt, reason="stops the run")
+                if self.stop_cause is None and self.stopped_reason is None:
+                    self.stop_cause = StopCause(prompt_id=prompt.id, failure=failure)
                 self.stop(failure.kind.value)
                 return
             give_up = not failure.retryable or attempt >= self._settings.max_attempts
             too_long = self._settings.max_wait_s is not None and wait_s > self._settings.max_wait_s
             if give_up or too_long:
-                self._record_failure(prompt, failure, attempt, wait_s=wait_s if too_long else None)
+                if too_long:
+                    reason = "wait over max_wait_s"
+                elif failure.retryable:
+                    reason = "max_attempts reached"
+                else:
+                    reason = "not retried"
+                self._record_failure(prompt, failure, attempt, reason=reason)
                 return
 
             self._stats.note_retry(failure.kind)
@@ -241,7 +259,7 @@ class Runner:
             self._on_result()
 
     def _record_failure(
-        self, prompt: PromptLike, failure: Failure, attempt: int, *, wait_s: float | None = None
+        self, prompt: PromptLike, failure: Failure, attempt: int, *, reason: str
     ) -> None:
         self._stats.note_final_failure(failure.kind)
         self._store.append(
@@ -267,8 +285,9 @@ class Runner:
             request_id=failure.request_id,
             message=failure.message,
             location=failure.location,
-            wait_s=None if wait_s is None else round(wait_s, 3),
-            reason="wait over max_wait_s" if wait_s is not None else None,
+            # The wait the endpoint requested, even though this prompt no longer waits for it.
+            wait_s=None if failure.wait_s is None else round(failure.wait_s, 3),
+            reason=reason,
         )
         if self._on_result is not None:
             self._on_result()

@@ -11,11 +11,26 @@ from typing import Any, Protocol
 from batcher.errors import JobError
 from batcher.yaml_strict import PlainReading, YamlDocument, YamlPath
 
-# Problems listed in one error; the rest are counted.
+# Maximum number of problems listed in one error; the rest are counted.
 MAX_LISTED_PROBLEMS = 20
 
 _SEXAGESIMAL_OR_OCTAL = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?|0[0-7_]+)$")
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+# Key names that mean "the API key itself", compared without case, `-` or `_`.
+_SECRET_KEY_NAMES = frozenset(
+    {
+        "apikey",
+        "key",
+        "openaiapikey",
+        "secret",
+        "secretkey",
+        "token",
+        "accesstoken",
+        "bearer",
+        "authorization",
+        "password",
+    }
+)
 
 
 class Locator(Protocol):
@@ -138,6 +153,23 @@ class Checker:
             else:
                 hint = "expected one of: " + ", ".join(allowed)
             self.report(path + (key,), f"unknown key `{key}` {where}; {hint}", key=True)
+
+    def secret_keys(self, mapping: dict[str, Any], path: YamlPath) -> set[str]:
+        """Report and return the keys of `mapping` whose names mean the API key itself.
+
+        The values are never echoed, because they are probably keys.
+        """
+        found = [key for key in mapping if key.lower().replace("-", "").replace("_", "") in _SECRET_KEY_NAMES]
+        for key in found:
+            self.report(
+                path + (key,),
+                f"`{key}` does not belong in a job or prompts file, because such files get copied "
+                "and committed; put the API key in an environment variable named by "
+                "`endpoint.api_key_env` (default OPENAI_API_KEY), or in a file named by "
+                "`endpoint.api_key_file`",
+                key=True,
+            )
+        return set(found)
 
     def string(self, value: Any, path: YamlPath, *, allow_empty: bool = False) -> str | None:
         """Return `value` if it is a string that the file wrote as a string."""

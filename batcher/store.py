@@ -25,8 +25,12 @@ LOCK_NAME = ".lock"
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
-# Lines reach the OS at once (a killed process loses nothing written); they reach the disk
-# with an fsync at most this often, so a power loss can lose about this much of the file.
+# Each line reaches the kernel in one write(2) as soon as a prompt finishes, so a killed process
+# (SIGKILL included) loses nothing it recorded. An fsync, which only matters for a power loss or
+# a kernel crash, runs at the first append this long after the previous one, and when the store
+# closes. Between those, the kernel writes the lines back on its own schedule (Linux: within
+# about 30 s, vm.dirty_expire_centisecs). An fsync per line would block the event loop for one
+# disk flush per result; docs/durability.md measures what that costs.
 FSYNC_INTERVAL_S = 1.0
 
 _ID_PREFIX = b'{"id":"'
@@ -45,7 +49,7 @@ def _id_hash(prompt_id: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class ResumeState:
-    """What `ResultsStore.open` found in an earlier run's results file."""
+    """Counts from reading an earlier run's results file."""
 
     succeeded: int
     lines: int
@@ -61,10 +65,11 @@ class ResultsStore:
     probability of about n^2 / 2^65 (3e-8 for a million ids).
     """
 
-    def __init__(self, output_dir: Path) -> None:
+    def __init__(self, output_dir: Path, *, fsync_interval_s: float = FSYNC_INTERVAL_S) -> None:
         self.path = output_dir / RESULTS_NAME
         self._succeeded = array("q")
         self._fd: int | None = None
+        self._fsync_interval_s = fsync_interval_s
         self._last_fsync = 0.0
 
     def open(self) -> ResumeState:
@@ -124,7 +129,7 @@ class ResultsStore:
             view = view[written:]
 
         now = time.monotonic()
-        if now - self._last_fsync >= FSYNC_INTERVAL_S:
+        if now - self._last_fsync >= self._fsync_interval_s:
             os.fsync(self._fd)
             self._last_fsync = now
 

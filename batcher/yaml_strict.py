@@ -13,8 +13,9 @@ from batcher.errors import JobError
 
 YamlPath = tuple[str | int, ...]
 
-# Aliases can make a small file expand into a huge tree ("billion laughs").
-MAX_VALUES = 1_000_000
+# Maximum number of values that aliases may repeat. Nested aliases can make a
+# small file expand into billions of values ("billion laughs").
+MAX_ALIASED_VALUES = 100_000
 
 _TAG = "tag:yaml.org,2002:"
 _SCALAR_KINDS = {
@@ -85,7 +86,7 @@ def load_yaml(text: str, *, filename: str) -> YamlDocument:
 
     Raises:
         JobError: a syntax error, as one `file:line:column: message` line, or
-            a document that aliases expand past MAX_VALUES values.
+            a document whose aliases repeat more than MAX_ALIASED_VALUES values.
     """
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -101,10 +102,12 @@ def load_yaml(text: str, *, filename: str) -> YamlDocument:
     converter = _Converter()
     try:
         data = None if root is None else converter.convert(root, ())
-    except _TooManyValues:
+    except RecursionError:
+        raise JobError(f"{filename}: the YAML is nested too deeply to read") from None
+    except _TooManyAliasedValues:
         raise JobError(
-            f"{filename}: the document expands to more than {MAX_VALUES:,} values through "
-            "aliases; remove the aliases, or move the prompts to a prompts_file"
+            f"{filename}: aliases repeat more than {MAX_ALIASED_VALUES:,} values; "
+            "write the values out, or move the prompts to a prompts_file"
         ) from None
 
     return YamlDocument(data, converter.values, converter.keys, converter.readings, converter.problems)
@@ -174,25 +177,30 @@ def _quote_hint(line: str) -> str:
     return f'quote it: {key}: "{value}", or write it as a block scalar after {key}: |'
 
 
-class _TooManyValues(Exception):
-    """The document expands past MAX_VALUES values."""
+class _TooManyAliasedValues(Exception):
+    """Aliases repeat more than MAX_ALIASED_VALUES values."""
 
 
 class _Converter:
-    """Turns a node tree into plain values, recording positions and problems."""
+    """Converter from a node tree to plain values that records positions and problems."""
 
     def __init__(self) -> None:
         self.values: dict[YamlPath, Position] = {}
         self.keys: dict[YamlPath, Position] = {}
         self.readings: dict[YamlPath, PlainReading] = {}
         self.problems: list[tuple[Position, str]] = []
-        self._count = 0
+        self._converted: set[int] = set()  # ids of the nodes converted so far
+        self._aliased_count = 0
         self._constructor = yaml.constructor.SafeConstructor()
 
     def convert(self, node: Node, path: YamlPath) -> Any:
-        self._count += 1
-        if self._count > MAX_VALUES:
-            raise _TooManyValues
+        # An alias is the same node object again, so a node seen before is a repeat.
+        if id(node) in self._converted:
+            self._aliased_count += 1
+            if self._aliased_count > MAX_ALIASED_VALUES:
+                raise _TooManyAliasedValues
+        else:
+            self._converted.add(id(node))
         self.values[path] = _position(node.start_mark)
 
         if isinstance(node, ScalarNode):

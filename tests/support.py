@@ -77,14 +77,18 @@ def write_job(
     name: str = "e2e",
     **fields: Any,
 ) -> Path:
-    """Write a job file into `directory`; results go to `directory/out`."""
+    """Write a job file into `directory`; results go to `directory/out`.
+
+    The key comes from KEY_ENV unless `endpoint` sets `api_key_file`.
+    """
     if prompts is None:
         prompts = [{"id": f"p{index}", "prompt": f"prompt number {index}"} for index in range(count)]
+    endpoint = dict(endpoint or {})
+    if "api_key_file" not in endpoint:
+        endpoint = {"api_key_env": KEY_ENV, **endpoint}
     job: dict[str, Any] = {
         "name": name,
-        "endpoint": "local"
-        if base_url is None
-        else {"base_url": base_url, "api_key_env": KEY_ENV, **(endpoint or {})},
+        "endpoint": "local" if base_url is None else {"base_url": base_url, **endpoint},
         "model": "gpt-3.5-turbo-1106",
         "params": {"max_tokens": 16},
         "limits": {"concurrency": 4, "max_attempts": 3, "backoff_base_s": 0.01, **(limits or {})},

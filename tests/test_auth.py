@@ -105,3 +105,33 @@ def test_headers_with_organization_and_project() -> None:
     assert headers["OpenAI-Organization"] == "org-a"
     assert headers["OpenAI-Project"] == "proj_b"
     assert describe_headers(headers)["Authorization"] == "Bearer sk-...cdef"
+
+
+def test_quoted_key_shows_unquoted_fingerprint() -> None:
+    with pytest.raises(AuthError) as caught:
+        check_key(f"'{GOOD_KEY}'", source="the variable OPENAI_API_KEY")
+
+    assert "(sk-...cdef)" in caught.value.message
+
+
+def test_key_file_readable_by_others_warns(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(GOOD_KEY, encoding="utf-8")
+    key_file.chmod(0o640)
+
+    key = read_key(api_key_env="UNUSED", api_key_file=key_file, environ={})
+
+    assert key.value == GOOD_KEY
+    assert len(key.warnings) == 1
+    assert "mode 0640" in key.warnings[0]
+    assert f"chmod 600 {key_file}" in key.warnings[0]
+
+
+def test_private_key_file_has_no_warning(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(GOOD_KEY, encoding="utf-8")
+    key_file.chmod(0o600)
+
+    key = read_key(api_key_env="UNUSED", api_key_file=key_file, environ={})
+
+    assert key.warnings == ()

@@ -747,6 +747,22 @@ def test_stats_count_requests_and_reset() -> None:
     assert after["max_in_flight"] == 0
 
 
+def test_stats_count_organization_and_project_headers() -> None:
+    """organization_seen and project_seen count requests that carry those headers."""
+
+    async def scenario(endpoint, session):
+        await post_chat(session, endpoint)
+        await post_chat(session, endpoint, headers={**AUTH, "OpenAI-Organization": "org-a"})
+        await get(session, f"{endpoint.base_url}/models", headers={**AUTH, "OpenAI-Project": "proj_b"})
+        return endpoint.stats.to_dict()
+
+    stats = serve(EndpointConfig(key=KEY), scenario)
+
+    assert stats["authorization_seen"] == 3
+    assert stats["organization_seen"] == 1
+    assert stats["project_seen"] == 1
+
+
 def test_stats_route_not_counted() -> None:
     """The stats route responds without a key and does not count itself."""
 

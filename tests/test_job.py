@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from pathlib import Path
 
@@ -186,6 +187,11 @@ class TestSyntaxErrors:
             "remove it, or write it as an escape inside double quotes"
         )
 
+    def test_deep_nesting(self, tmp_path: Path) -> None:
+        """YAML nested deeper than Python can recurse is an error, not a crash."""
+        path = write(tmp_path, MINIMAL + "params:\n  x: " + "[" * 5000 + "]" * 5000 + "\n")
+        assert load_error(path) == f"{path}: the YAML is nested too deeply to read"
+
     def test_empty_file(self, tmp_path: Path) -> None:
         """An empty job file is an error that lists what a job needs."""
         path = write(tmp_path, "# nothing yet\n")
@@ -209,13 +215,33 @@ class TestSyntaxErrors:
         assert message.startswith(f"{path}: not valid UTF-8")
 
     def test_alias_bomb_rejected(self, tmp_path: Path) -> None:
-        """Aliases that expand to millions of values are rejected instead of exhausting memory."""
+        """Aliases that expand to ten million values are rejected instead of exhausting memory."""
         lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
         for level in range(1, 8):
             previous = f"*a{level - 1}"
             lines.append(f"a{level}: &a{level} [{', '.join([previous] * 10)}]")
         path = write(tmp_path, "\n".join(lines) + "\n")
-        assert "expands to more than 1,000,000 values through aliases" in load_error(path)
+        assert load_error(path) == (
+            f"{path}: aliases repeat more than 100,000 values; write the values out, "
+            "or move the prompts to a prompts_file"
+        )
+
+    def test_aliases_within_limit(self, tmp_path: Path) -> None:
+        """Ordinary anchors and aliases are expanded where they are used."""
+        path = write(
+            tmp_path,
+            """\
+            name: demo
+            model: m
+            params: &shared {temperature: 0.5}
+            prompts:
+              - {prompt: a, params: *shared}
+              - {prompt: b, params: *shared}
+            """,
+        )
+        first, second = load_job(path, environ={}).inline_prompts
+        assert first.body["temperature"] == 0.5
+        assert second.body["temperature"] == 0.5
 
 
 class TestDuplicateKeys:
@@ -322,6 +348,13 @@ class TestDefaults:
         assert endpoint.allow_insecure_http is False
         assert endpoint.local is False
 
+    def test_job_converts_to_dict(self, tmp_path: Path) -> None:
+        """dataclasses.asdict works on a job, for logs and summaries."""
+        job = load_job(write(tmp_path, MINIMAL + "params: {seed: 1}\n"), environ={})
+        converted = dataclasses.asdict(job)
+        assert converted["params"] == {"seed": 1}
+        assert converted["inline_prompts"][0]["body"]["seed"] == 1
+
     def test_base_url_from_environment(self, tmp_path: Path) -> None:
         """OPENAI_BASE_URL is the default base URL, without its trailing slash."""
         job = load_job(write(tmp_path, MINIMAL), environ={"OPENAI_BASE_URL": "http://127.0.0.1:9999/v1/"})
@@ -390,7 +423,7 @@ class TestSecrets:
         """A key written in the job file is an error that does not echo it."""
         path = write(tmp_path, with_endpoint("endpoint:\n  api_key: sk-live-abcdef1234567890\n"))
         message = load_error(path)
-        assert message.startswith(f"{path}:6:3: `api_key` does not belong in the job file")
+        assert message.startswith(f"{path}:6:3: `api_key` does not belong in a job or prompts file")
         assert "api_key_env" in message
         assert "api_key_file" in message
         assert "abcdef1234567890" not in message
@@ -399,8 +432,27 @@ class TestSecrets:
         """A key at the top level is rejected the same way, not as an unknown key."""
         path = write(tmp_path, MINIMAL + "OPENAI_API_KEY: sk-live-abcdef1234567890\n")
         message = load_error(path)
-        assert "`OPENAI_API_KEY` does not belong in the job file" in message
+        assert "`OPENAI_API_KEY` does not belong in a job or prompts file" in message
         assert "abcdef1234567890" not in message
+
+    def test_api_key_in_params(self, tmp_path: Path) -> None:
+        """A key among the params, where it would be sent in every body, is rejected."""
+        path = write(tmp_path, MINIMAL + "params:\n  api-key: sk-live-abcdef1234567890\n")
+        message = load_error(path)
+        assert message.startswith(f"{path}:6:3: `api-key` does not belong in a job or prompts file")
+        assert "abcdef1234567890" not in message
+
+    def test_key_as_organization(self, tmp_path: Path) -> None:
+        """A key pasted as the organization id is rejected without echoing it."""
+        path = write(tmp_path, with_endpoint("endpoint:\n  organization: sk-live-abcdef1234567890\n"))
+        message = load_error(path)
+        assert "`organization` looks like an API key" in message
+        assert "abcdef1234567890" not in message
+
+    def test_organization_not_ascii(self, tmp_path: Path) -> None:
+        """Header values must be ASCII."""
+        path = write(tmp_path, with_endpoint("endpoint:\n  project: projé\n"))
+        assert "`project` must be ASCII, because it is sent as an HTTP header" in load_error(path)
 
     def test_key_as_api_key_env(self, tmp_path: Path) -> None:
         """A key pasted where the variable name goes is an error that does not echo it."""

@@ -92,3 +92,8 @@ def test_loads_nan_as_json_module_does(jsonl: ModuleType) -> None:
 def test_loads_invalid_raises_value_error(jsonl: ModuleType, data: bytes) -> None:
     with pytest.raises(ValueError):
         jsonl.loads(data)
+
+
+def test_dumps_ascii_only_escapes(jsonl: ModuleType) -> None:
+    assert jsonl.dumps(RECORD, ascii_only=True) == json.dumps(RECORD, separators=(",", ":"))
+    assert jsonl.dumps(RECORD, ascii_only=True).isascii()

@@ -105,6 +105,12 @@ class TestLineErrors:
         assert message.startswith(f"{tmp_path / 'prompts.jsonl'}:1: ")
         assert expected in message
 
+    def test_deep_nesting(self, tmp_path: Path) -> None:
+        """JSON nested deeper than Python can recurse is an error on its line, not a crash."""
+        nested = "[" * 5000 + "]" * 5000
+        job = make_job(tmp_path, [{"prompt": "a"}, '{"prompt": "b", "params": {"x": ' + nested + "}}"])
+        assert check_error(job) == f"{tmp_path / 'prompts.jsonl'}:2: the JSON is nested too deeply to read"
+
     def test_several_bad_lines_listed(self, tmp_path: Path) -> None:
         """Every bad line is listed, in file order."""
         job = make_job(tmp_path, ["nope", {"prompt": "ok"}, {"prompt": 1}, {"id": True, "prompt": "x"}])

@@ -99,3 +99,27 @@ def test_lock_names_the_holder(tmp_path: Path) -> None:
     # The kernel released the dead holder's lock: the next run is not blocked by a stale file.
     with RunLock(tmp_path):
         pass
+
+
+def test_fsync_at_most_once_per_interval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    now = [100.0]
+    monkeypatch.setattr("batcher.store.os.fsync", synced.append)
+    monkeypatch.setattr("batcher.store.time.monotonic", lambda: now[0])
+    store = ResultsStore(tmp_path, fsync_interval_s=1.0)
+    store.open()
+
+    store.append({"id": "a", "status": "succeeded"})
+    for offset_s in (0.2, 0.5, 0.9):
+        now[0] = 100.0 + offset_s
+        store.append({"id": f"at {offset_s}", "status": "succeeded"})
+    syncs_within_interval = len(synced)
+    now[0] = 101.0
+    store.append({"id": "late", "status": "succeeded"})
+    syncs_after_interval = len(synced)
+    store.close()
+
+    assert syncs_within_interval == 1
+    assert syncs_after_interval == 2
+    assert len(synced) == 3
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 5

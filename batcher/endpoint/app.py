@@ -69,10 +69,14 @@ class _Handlers:
         quota_after = self.config.quota_after
         return quota_after is not None and self.completions >= quota_after
 
-    def count_authorization(self, request: web.Request) -> None:
+    def count_auth_headers(self, request: web.Request) -> None:
         # A stripped header never reaches the endpoint, so it is not counted.
         if "Authorization" in request.headers and not self.config.strip_authorization:
             self.stats.authorization_seen += 1
+        if "OpenAI-Organization" in request.headers:
+            self.stats.organization_seen += 1
+        if "OpenAI-Project" in request.headers:
+            self.stats.project_seen += 1
 
     def check_auth(self, request: web.Request) -> web.Response | None:
         return auth.check_request(request.headers, self.config, revoked=self.key_revoked())
@@ -87,7 +91,7 @@ class _Handlers:
 
     async def list_models(self, request: web.Request) -> web.StreamResponse:
         self.stats.models_requests += 1
-        self.count_authorization(request)
+        self.count_auth_headers(request)
         rejection = self.check_auth(request)
         if rejection is not None:
             return self.finish(rejection)
@@ -99,7 +103,7 @@ class _Handlers:
 
     async def retrieve_model(self, request: web.Request) -> web.StreamResponse:
         self.stats.models_requests += 1
-        self.count_authorization(request)
+        self.count_auth_headers(request)
         rejection = self.check_auth(request)
         if rejection is not None:
             return self.finish(rejection)
@@ -113,7 +117,7 @@ class _Handlers:
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         self.stats.start_chat(self.clock())
-        self.count_authorization(request)
+        self.count_auth_headers(request)
         try:
             return await self._respond_to_chat(request)
         finally:
@@ -208,7 +212,7 @@ class _Handlers:
         return self.finish(response)
 
     async def not_found(self, request: web.Request) -> web.StreamResponse:
-        self.count_authorization(request)
+        self.count_auth_headers(request)
         return self.finish(
             responses.error_response(
                 404, f"Invalid URL ({request.method} {request.path})", type="invalid_request_error"

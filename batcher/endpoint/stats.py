@@ -28,6 +28,9 @@ class EndpointStats:
     chat_start_times: list[float] = field(default_factory=list)
     # Requests that carried an Authorization header, as the endpoint received them.
     authorization_seen: int = 0
+    # Requests that carried an OpenAI-Organization or an OpenAI-Project header.
+    organization_seen: int = 0
+    project_seen: int = 0
     connections_reset: int = 0
     bodies_truncated: int = 0
 
@@ -49,6 +52,8 @@ class EndpointStats:
         self.max_in_flight = self.in_flight
         self.chat_start_times = []
         self.authorization_seen = 0
+        self.organization_seen = 0
+        self.project_seen = 0
         self.connections_reset = 0
         self.bodies_truncated = 0
 
@@ -63,6 +68,8 @@ class EndpointStats:
             "max_in_flight": self.max_in_flight,
             "chat_start_times": list(self.chat_start_times),
             "authorization_seen": self.authorization_seen,
+            "organization_seen": self.organization_seen,
+            "project_seen": self.project_seen,
             "connections_reset": self.connections_reset,
             "bodies_truncated": self.bodies_truncated,
         }
