@@ -28,7 +28,7 @@ class PeerFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class PeerRun:
-    """What one peer's run did and cost."""
+    """One peer's run: its measurement, what it completed, and its own timing."""
 
     peer: str
     measurement: Measurement
@@ -42,7 +42,7 @@ class PeerRun:
 
 @dataclass(frozen=True)
 class Workload:
-    """Where and what the peers send: endpoint, prompts, pool size and the env with the key."""
+    """The endpoint, prompts, job file, pool size and environment (with the key) of one benchmark."""
 
     base_url: str
     prompts_file: Path

@@ -81,7 +81,7 @@ class Settings:
 
 @dataclass(frozen=True)
 class Context:
-    """What every benchmark shares: the key, the scratch folder, the repository and the settings."""
+    """The key, scratch folder, repository and settings that every benchmark shares."""
 
     key: str
     work_dir: Path
