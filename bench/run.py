@@ -140,4 +140,6 @@ def _method_notes(settings: Settings) -> list[str]:
         "the peers take turns within each round, and the round's first peer rotates.",
         "Every run is checked: each peer must complete every prompt, counted by the endpoint, and batcher must "
         "write a results line per prompt and a log file.",
+        "To see where batcher's time goes, install py-spy into `.venv` and run "
+        "`.venv/bin/py-spy record -o profile.svg -- .venv/bin/batcher run JOB --quiet` against `batcher serve`.",
     ]
