@@ -112,7 +112,7 @@ class Context:
     ) -> Workload:
         folder = self.work_dir / name
         folder.mkdir(exist_ok=True)
-        prompts_file = folder / "prompts.jsonl"
+        prompts_file = folder / f"prompts-{prompt_count}.jsonl"
         if not prompts_file.exists():
             write_prompts(prompts_file, prompt_count)
         job_file = write_job(
