@@ -132,10 +132,10 @@ def _method_notes(settings: Settings) -> list[str]:
     return [
         "The endpoint is the bundled one, `python -m batcher serve`, in its own process on 127.0.0.1.",
         pinning,
-        "Peers: (1) batcher as a user runs it, `batcher run JOB --quiet`, with its log and results files; "
-        "(2) the official `openai` SDK, `AsyncOpenAI` with an `asyncio.Semaphore` and its default retries; "
-        "(3) a bare aiohttp loop with the same concurrency and no logging, results or limits, which reads each "
-        "body without parsing it.",
+        "Peer 1 is batcher as a user runs it, `batcher run JOB --quiet`, with its log and results files.",
+        "Peer 2 is the official `openai` SDK: `AsyncOpenAI` with an `asyncio.Semaphore` and its default retries.",
+        "Peer 3 is a bare aiohttp loop with the same concurrency and no logging, results or limits. "
+        "It reads each body without parsing it.",
         f"Short benchmarks run {settings.runs} times and those of 30 s or more {settings.long_runs} times; "
         "the peers take turns within each round, and the round's first peer rotates.",
         "Every run is checked: each peer must complete every prompt, counted by the endpoint, and batcher must "
