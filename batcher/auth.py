@@ -44,6 +44,10 @@ _ELLIPSIS_PLACEHOLDER = re.compile(r"^sk-?(\.\.\.|…|x+|\*+)$", re.IGNORECASE)
 _QUOTES = "\"'`\u2018\u2019\u201c\u201d\u00ab\u00bb"
 
 
+# A key file larger than this is not a key file; reading stops there.
+MAX_KEY_FILE_BYTES = 64 * 1024
+
+
 def fingerprint(key: str) -> str:
     """Return a form of the key that is safe to show: its prefix and last four characters.
 
@@ -52,8 +56,13 @@ def fingerprint(key: str) -> str:
     """
     if len(key) < 12:
         return f"<{len(key)} characters>"
-    prefix = "sk-" if key.startswith("sk-") else key[:3]
-    return f"{prefix}...{key[-4:]}"
+    prefix = "sk-" if key.startswith("sk-") else _visible(key[:3])
+    return f"{prefix}...{_visible(key[-4:])}"
+
+
+def _visible(text: str) -> str:
+    """Escape characters that would not show on a terminal, such as a zero-width space."""
+    return "".join(char if char.isprintable() and ord(char) < 0x7F else f"\\u{ord(char):04x}" for char in text)
 
 
 @dataclass(frozen=True)
@@ -99,7 +108,7 @@ def read_key(
 
 def _read_key_file(path: Path) -> ApiKey:
     try:
-        raw = path.read_text(encoding="utf-8-sig")
+        raw = _read_small_text(path)
     except FileNotFoundError:
         raise AuthError(
             f"The key file {path} does not exist. Write the key into it "
@@ -117,8 +126,30 @@ def _read_key_file(path: Path) -> ApiKey:
     if not raw.strip():
         raise AuthError(f"The key file {path} is empty. Write the key into it.")
 
+    # One line ending is how `echo KEY > file` writes a key, so it goes without a warning.
+    if raw.endswith("\n") and not raw.endswith("\r\n"):
+        raw = raw[:-1]
     key = check_key(raw, source=f"the key file {path}")
     return replace(key, warnings=key.warnings + _key_file_warnings(path))
+
+
+def _read_small_text(path: Path) -> str:
+    """Read a key file, rejecting what is not a small regular file (a FIFO, /dev/zero)."""
+    # O_NONBLOCK so that opening a FIFO returns at once instead of waiting for a writer.
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+        raise AuthError(f"The key file {path} is {kind}. Point `api_key_file` at a file that holds the key.")
+    with os.fdopen(descriptor, "rb") as handle:
+        data = handle.read(MAX_KEY_FILE_BYTES + 1)
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise AuthError(
+            f"The key file {path} is larger than {MAX_KEY_FILE_BYTES // 1024} KiB, so it does "
+            f"not hold just a key. Point `api_key_file` at the file that holds the key."
+        )
+    return data.decode("utf-8-sig")
 
 
 def _key_file_warnings(path: Path) -> tuple[str, ...]:

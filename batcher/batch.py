@@ -18,7 +18,7 @@ import structlog
 
 from batcher.auth import ApiKey, build_headers, describe_headers, read_key
 from batcher.client import ApiClient
-from batcher.errors import BatcherError, ExitCode, JobError
+from batcher.errors import BatcherError, ExitCode, JobError, OutputError
 from batcher.job import Job
 from batcher.logs import LogSinks
 from batcher.progress import ProgressBar
@@ -274,6 +274,7 @@ async def _run_locked(
         async with endpoint_for(job) as (base_url, key):
             if key is not None:
                 sinks.add_secrets([key.value])
+                store.redactor.add([key.value])
             _warn_key(key)
             headers = build_headers(key, organization=job.endpoint.organization, project=job.endpoint.project)
             log.info("run.headers", base_url=base_url, headers=describe_headers(headers))
@@ -332,6 +333,15 @@ async def _run_locked(
     except _Interrupted:
         stopped_reason = "interrupted"
         exit_code = stopper.exit_code
+    except OutputError as exc:
+        stopped_reason = "output_error"
+        exit_code = exc.exit_code
+        _finish(
+            store, stats, run_id=run_id, job=job, output_dir=output_dir, started_at=started_at,
+            started=started, client=client,
+            stopped_reason=stopped_reason, exit_code=exit_code, prompt_count=prompt_count,
+        )
+        raise
     except BatcherError as exc:
         stopped_reason = exc.failure_kind if exc.failure_kind in _STOP_EXIT_CODES else None
         exit_code = exc.exit_code
@@ -416,7 +426,10 @@ def _finish(
     exit_code: int,
     prompt_count: int,
 ) -> None:
-    store.close()
+    try:
+        store.close()
+    except OSError as exc:
+        log.error("results.close_failed", failure_kind=None, path=str(store.path), error=exc.strerror)
     if stats.total < prompt_count:
         # The run ended before the producer read every prompt (a preflight failure).
         stats.total = prompt_count
@@ -435,6 +448,10 @@ def _finish(
         stopped_reason=stopped_reason,
         exit_code=int(exit_code),
     )
-    write_json_atomically(output_dir / SUMMARY_NAME, summary)
+    try:
+        write_json_atomically(output_dir / SUMMARY_NAME, summary)
+    except OSError as exc:
+        # The log line below still carries the whole summary.
+        log.error("summary.write_failed", failure_kind=None, path=str(output_dir / SUMMARY_NAME), error=exc.strerror)
     level = log.info if exit_code in (ExitCode.OK, ExitCode.SOME_FAILED) else log.warning
     level("run.finished", **summary)

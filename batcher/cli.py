@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"Run again with BATCHER_DEBUG=1 to see the traceback, and report it.",
             file=sys.stderr,
         )
-        return 70
+        return int(ExitCode.INTERNAL_ERROR)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ BatcherError
  +-- QuotaError        quota exhausted (exit 4)
  +-- EndpointError     endpoint unreachable or preflight incomplete (exit 5)
  +-- LockError         another run holds the output folder (exit 6)
+ +-- OutputError       results could not be written, for example a full disk (exit 74)
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class ExitCode(IntEnum):
     QUOTA = 4
     UNREACHABLE = 5
     LOCKED = 6
+    INTERNAL_ERROR = 70  # EX_SOFTWARE from sysexits.h: a bug, not bad input
+    OUTPUT_ERROR = 74  # EX_IOERR from sysexits.h
     SIGINT = 130
     SIGTERM = 143
 
@@ -71,3 +74,9 @@ class LockError(BatcherError):
     """Another run holds the lock on the output folder."""
 
     exit_code = ExitCode.LOCKED
+
+
+class OutputError(BatcherError):
+    """The output folder could not be written, for example because the disk is full."""
+
+    exit_code = ExitCode.OUTPUT_ERROR

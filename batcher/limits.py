@@ -6,7 +6,8 @@ import asyncio
 import random
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 from asyncio_throttle import Throttler
 
@@ -15,6 +16,17 @@ from batcher.rate_headers import AnnouncedLimits, read_announced_limits
 # Fraction of each limit kept unused, so that network jitter between our clock and the
 # server's cannot push a rolling window over the limit.
 SAFETY_MARGIN = 0.03
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+# Lateness of a start that the next start may make up for. Each wake-up of the event loop is
+# late by up to about 1 ms, because epoll rounds its timeout up to whole milliseconds. Timing
+# each start from when it was due keeps that lateness from adding up over a run. Starts are
+# then at least one interval minus CATCH_UP_S apart, and the safety margin covers that:
+# ceil(rpm / 60) + 1 starts still span more than 1.02 s.
+CATCH_UP_S = 0.005
 
 
 class _SpacedThrottler(Throttler):
@@ -29,15 +41,24 @@ class _SpacedThrottler(Throttler):
         super().__init__(rate_limit=rate_limit, period=period)
         self._queue = asyncio.Lock()
 
+    def flush(self) -> None:
+        # The library drops a start only once it is more than `period` old. A waiter woken at
+        # exactly `period` would then sleep once more, so a start leaves at `period` here.
+        now = time.monotonic()
+        while self._task_logs and now - self._task_logs[0] >= self.period:
+            self._task_logs.popleft()
+
     async def acquire(self) -> None:
         async with self._queue:
+            due_s = time.monotonic()
             while True:
+                if len(self._task_logs) >= self.rate_limit:
+                    due_s = self._task_logs[0] + self.period
                 self.flush()
                 if len(self._task_logs) < self.rate_limit:
                     break
-                wait_s = self._task_logs[0] + self.period - time.monotonic()
-                await asyncio.sleep(max(wait_s, 0.0005))
-            self._task_logs.append(time.monotonic())
+                await asyncio.sleep(max(due_s - time.monotonic(), 0.0005))
+            self._task_logs.append(max(due_s, time.monotonic() - CATCH_UP_S))
 
 
 class RequestRate:
@@ -48,16 +69,24 @@ class RequestRate:
     """
 
     def __init__(self, requests_per_minute: float) -> None:
+        self._throttler = _SpacedThrottler(rate_limit=1, period=_interval_s(requests_per_minute))
         self.requests_per_minute = requests_per_minute
-        interval_s = 60.0 / (requests_per_minute * (1.0 - SAFETY_MARGIN))
-        self._throttler = _SpacedThrottler(rate_limit=1, period=interval_s)
 
     @property
     def interval_s(self) -> float:
         return self._throttler.period
 
+    def change(self, requests_per_minute: float) -> None:
+        """Use a new rate from the next start on; workers already waiting keep their place."""
+        self._throttler.period = _interval_s(requests_per_minute)
+        self.requests_per_minute = requests_per_minute
+
     async def acquire(self) -> None:
         await self._throttler.acquire()
+
+
+def _interval_s(requests_per_minute: float) -> float:
+    return 60.0 / (requests_per_minute * (1.0 - SAFETY_MARGIN))
 
 
 class _TokenStart:
@@ -116,24 +145,34 @@ class TokenBudget:
             self._used += actual - entry.tokens
         entry.tokens = actual
 
+    def release(self, entry: _TokenStart) -> None:
+        """Give back the tokens of a start whose request was never sent."""
+        self.settle(entry, 0)
+
 
 class Cooldown:
-    """A pause that every worker waits out together after a 429."""
+    """A pause that every worker waits out together after a 429.
 
-    def __init__(self) -> None:
+    `clock` and `sleep` default to `time.monotonic` and `asyncio.sleep`; tests pass a fake pair
+    to wait out minutes in no time.
+    """
+
+    def __init__(self, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
+        self._clock = clock
+        self._sleep = sleep
         self._until = 0.0
 
     @property
     def remaining_s(self) -> float:
-        return max(self._until - time.monotonic(), 0.0)
+        return max(self._until - self._clock(), 0.0)
 
     def extend(self, wait_s: float) -> None:
         """Make every worker wait at least `wait_s` seconds from now before its next request."""
-        self._until = max(self._until, time.monotonic() + wait_s)
+        self._until = max(self._until, self._clock() + wait_s)
 
     async def wait(self) -> None:
-        while (remaining_s := self._until - time.monotonic()) > 0:
-            await asyncio.sleep(remaining_s)
+        while (remaining_s := self._until - self._clock()) > 0:
+            await self._sleep(remaining_s)
 
 
 def backoff_s(attempt: int, *, base_s: float, max_s: float, rng: random.Random | None = None) -> float:
@@ -142,32 +181,55 @@ def backoff_s(attempt: int, *, base_s: float, max_s: float, rng: random.Random |
     return (rng or random).uniform(0.0, ceiling)
 
 
+@dataclass(frozen=True, slots=True)
+class RequestSlot:
+    """One request's permission to start: when it was granted, and its share of the token budget."""
+
+    started_s: float
+    budget: TokenBudget | None = None
+    tokens: _TokenStart | None = None
+
+
 class Pacer:
     """Everything a worker waits for before a request: cooldown, request rate and token budget.
 
-    The job's limits are used as given. Where the job sets none, the limits the endpoint
-    announces in `x-ratelimit-limit-*` take their place, a `x-ratelimit-remaining-*` of zero
-    pauses every worker until its reset, and a 429 with no announced limit sets a request rate
-    just under the rate that was succeeding, so the workers do not storm the endpoint.
+    The job's limits are used as given. Where the job sets none, the first limits the endpoint
+    announces in `x-ratelimit-limit-*` take their place, and an `x-ratelimit-remaining-*` of zero
+    pauses every worker until its reset. Where neither exists, a 429 sets a learned request rate
+    from the rate that was succeeding, so that the workers do not storm the endpoint. Later 429s
+    lower the learned rate, and a run of successes raises it slowly.
     """
 
     # Seconds of successes used to estimate the rate the endpoint accepts after a 429.
     _OBSERVE_WINDOW_S = 10.0
-    # After this many successes in a row, a learned rate is raised by `_INCREASE`.
+    # After this many successes since the learned rate last changed, it is raised by `_INCREASE`.
     _INCREASE_AFTER = 50
     _INCREASE = 1.1
     _DECREASE = 0.8
 
-    def __init__(self, *, requests_per_minute: float | None, tokens_per_minute: int | None) -> None:
-        self.cooldown = Cooldown()
+    def __init__(
+        self,
+        *,
+        requests_per_minute: float | None,
+        tokens_per_minute: int | None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        """Set up the job's limits; `clock` and `sleep` drive the cooldown and the rate learning."""
+        self._clock = clock
+        self.cooldown = Cooldown(clock=clock, sleep=sleep)
         self._request_rate = RequestRate(requests_per_minute) if requests_per_minute else None
         self._token_budget = TokenBudget(tokens_per_minute) if tokens_per_minute else None
-        self._rate_fixed = requests_per_minute is not None
+        # Where the request rate comes from: "job", "announced", "learned", or None for no rate.
+        self._rate_source: str | None = "job" if requests_per_minute else None
         self._tokens_fixed = tokens_per_minute is not None
-        self._rate_learned = False
-        self._started_s = time.monotonic()
+        self._started_s = clock()
         self._successes: deque[float] = deque()
-        self._successes_since_429 = 0
+        # When the learned rate last changed, whether that change was an estimate from the
+        # successes, and how many successes came since.
+        self._rate_changed_s = 0.0
+        self._rate_estimated = False
+        self._successes_since_change = 0
 
     @property
     def requests_per_minute(self) -> float | None:
@@ -177,31 +239,44 @@ class Pacer:
     def tokens_per_minute(self) -> int | None:
         return None if self._token_budget is None else self._token_budget.tokens_per_minute
 
-    async def before_request(self, estimated_tokens: int) -> _TokenStart | None:
-        """Wait for the cooldown and the limits; return the token entry to settle, if any."""
-        await self.cooldown.wait()
-        if self._request_rate is not None:
-            await self._request_rate.acquire()
-        if self._token_budget is not None:
-            return await self._token_budget.acquire(estimated_tokens)
-        return None
+    async def before_request(self, estimated_tokens: int) -> RequestSlot:
+        """Wait for the cooldown and the limits, and return the slot to report back with."""
+        while True:
+            await self.cooldown.wait()
+            if self._request_rate is not None:
+                await self._request_rate.acquire()
+            budget = self._token_budget
+            entry = await budget.acquire(estimated_tokens) if budget is not None else None
+            if self.cooldown.remaining_s <= 0:
+                return RequestSlot(self._clock(), budget, entry)
 
-    def settle(self, entry: _TokenStart | None, total_tokens: int | None) -> None:
-        if entry is not None and total_tokens is not None and self._token_budget is not None:
-            self._token_budget.settle(entry, total_tokens)
+            # A 429 arrived while this worker waited for a slot, and its wait applies to every
+            # request that has not started yet.
+            if budget is not None and entry is not None:
+                budget.release(entry)
 
-    def after_response(self, headers: Mapping[str, str], *, rate_limited: bool, wait_s: float) -> None:
-        """Adapt to what a response said; `wait_s` is the pause chosen after a 429."""
+    def after_success(self, slot: RequestSlot, headers: Mapping[str, str], *, total_tokens: int | None) -> None:
+        """Count a success, correct its token estimate, and follow the announced limits."""
+        if slot.budget is not None and slot.tokens is not None and total_tokens is not None:
+            slot.budget.settle(slot.tokens, total_tokens)
+        self._note_success()
+        self._follow_announced(headers, rate_limited=False)
+
+    def after_failure(
+        self, slot: RequestSlot, headers: Mapping[str, str], *, rate_limited: bool, wait_s: float
+    ) -> None:
+        """Adapt to a failed response; after a 429, every worker pauses for `wait_s`."""
+        self._follow_announced(headers, rate_limited=rate_limited)
         if rate_limited:
             self.cooldown.extend(wait_s)
-            self._on_rate_limited()
-        else:
-            self._on_success()
+            self._on_rate_limited(slot.started_s)
 
+    def _follow_announced(self, headers: Mapping[str, str], *, rate_limited: bool) -> None:
         announced = read_announced_limits(headers) if headers else None
         if announced is None:
             return
         self._adopt_announced(announced)
+        # After a 429 the cooldown already holds the wait the endpoint asked for.
         if not rate_limited:
             if announced.remaining_requests == 0 and announced.reset_requests_s:
                 self.cooldown.extend(announced.reset_requests_s)
@@ -210,38 +285,63 @@ class Pacer:
 
     def _adopt_announced(self, announced: AnnouncedLimits) -> None:
         rpm = announced.requests_per_minute
-        if not self._rate_fixed and rpm and rpm > 0:
-            if self._request_rate is None or self._rate_learned or self._request_rate.requests_per_minute != rpm:
+        if self._rate_source in (None, "learned") and rpm and rpm > 0:
+            if self._request_rate is None:
                 self._request_rate = RequestRate(rpm)
-                self._rate_learned = False
-                self._rate_fixed = True
+            else:
+                self._request_rate.change(rpm)
+            self._rate_source = "announced"
         tpm = announced.tokens_per_minute
         if not self._tokens_fixed and tpm and tpm > 0:
             self._token_budget = TokenBudget(tpm)
             self._tokens_fixed = True
 
-    def _on_success(self) -> None:
-        now = time.monotonic()
+    def _note_success(self) -> None:
+        now = self._clock()
         self._successes.append(now)
         while now - self._successes[0] > self._OBSERVE_WINDOW_S:
             self._successes.popleft()
-        if self._rate_learned:
-            self._successes_since_429 += 1
-            if self._successes_since_429 >= self._INCREASE_AFTER and self._request_rate is not None:
-                self._request_rate = RequestRate(self._request_rate.requests_per_minute * self._INCREASE)
-                self._successes_since_429 = 0
-
-    def _on_rate_limited(self) -> None:
-        self._successes_since_429 = 0
-        if self._rate_fixed:
-            return
-        if self._request_rate is not None:
-            self._request_rate = RequestRate(max(self._request_rate.requests_per_minute * self._DECREASE, 1.0))
+        if self._rate_source != "learned" or self._request_rate is None:
             return
 
-        now = time.monotonic()
+        self._successes_since_change += 1
+        if self._successes_since_change >= self._INCREASE_AFTER:
+            self._change_learned_rate(self._request_rate.requests_per_minute * self._INCREASE, now)
+
+    def _on_rate_limited(self, started_s: float) -> None:
+        if self._rate_source in ("job", "announced"):
+            return
+        now = self._clock()
+        estimate = self._accepted_per_minute(now)
+        if self._request_rate is None:
+            # With no success seen yet there is no rate to learn; the cooldown paces the retries.
+            if estimate is not None:
+                self._request_rate = RequestRate(estimate)
+                self._rate_source = "learned"
+                self._rate_changed_s = now
+                self._rate_estimated = True
+                self._successes_since_change = 0
+            return
+
+        if started_s < self._rate_changed_s:
+            # The request was sent before the rate last changed, so that rate did not pace it and
+            # is not lowered. Successes of the same burst that arrived after an estimate was made
+            # may still raise that estimate.
+            current = self._request_rate.requests_per_minute
+            if self._rate_estimated and estimate is not None and estimate > current:
+                self._request_rate.change(estimate)
+            return
+        self._change_learned_rate(max(self._request_rate.requests_per_minute * self._DECREASE, 1.0), now)
+
+    def _change_learned_rate(self, requests_per_minute: float, now: float) -> None:
+        assert self._request_rate is not None
+        self._request_rate.change(requests_per_minute)
+        self._rate_changed_s = now
+        self._rate_estimated = False
+        self._successes_since_change = 0
+
+    def _accepted_per_minute(self, now: float) -> float | None:
+        """Return the rate of successes over the recent past, or None if there were none."""
         span_s = min(self._OBSERVE_WINDOW_S, max(now - self._started_s, 1.0))
-        recent = sum(1 for started in self._successes if now - started <= span_s)
-        per_minute = max(recent / span_s * 60.0, 1.0)
-        self._request_rate = RequestRate(per_minute)
-        self._rate_learned = True
+        recent = sum(1 for succeeded in self._successes if now - succeeded <= span_s)
+        return recent / span_s * 60.0 if recent else None

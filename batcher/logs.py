@@ -9,9 +9,9 @@ from typing import Any, TextIO
 import structlog
 
 from batcher.jsonl import dumps
+from batcher.redact import Redactor
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
-_REDACTED = "[REDACTED]"
 
 
 class LogSinks:
@@ -39,7 +39,7 @@ class LogSinks:
         self._is_tty = stderr.isatty()
         self._stderr_ascii_only = not _encodes_all_unicode(getattr(stderr, "encoding", None))
         self._console = structlog.dev.ConsoleRenderer(colors=self._is_tty) if self._is_tty else None
-        self._secrets: tuple[str, ...] = ()
+        self.redactor = Redactor()
         # The terminal's progress bar, cleared before a log line is printed and redrawn after.
         self.progress: Any = None
         self.show_progress = show_progress and self._is_tty
@@ -55,17 +55,22 @@ class LogSinks:
 
     def add_secrets(self, secrets: Iterable[str]) -> None:
         """Register strings (the API key) that must never reach a log line."""
-        self._secrets = tuple({*self._secrets, *(s for s in secrets if s)})
+        self.redactor.add(secrets)
 
     def __call__(self, logger: Any, method_name: str, event_dict: dict[str, Any]) -> Any:
         level = _LEVELS.get(event_dict.get("level", method_name), 20)
-        if self._secrets:
-            event_dict = {key: self._redact(value) for key, value in event_dict.items()}
+        if self.redactor:
+            event_dict = self.redactor.value(event_dict)
         line = None
         if self._file is not None and level >= self._file_level:
             line = dumps(event_dict)
-            self._file.write(line + "\n")
-            self._file.flush()
+            try:
+                self._file.write(line + "\n")
+                self._file.flush()
+            except OSError as exc:
+                # A full disk must not turn every later log call into an exception.
+                self._file = None
+                self._stderr.write(f"batcher: cannot write the log file ({exc.strerror}); logging to stderr only\n")
         if level >= self._stderr_level:
             if self.progress is not None:
                 self.progress.clear()
@@ -80,17 +85,6 @@ class LogSinks:
                 self.progress.draw()
         raise structlog.DropEvent
 
-    def _redact(self, value: Any) -> Any:
-        if isinstance(value, str):
-            for secret in self._secrets:
-                if secret in value:
-                    value = value.replace(secret, _REDACTED)
-            return value
-        if isinstance(value, dict):
-            return {key: self._redact(item) for key, item in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [self._redact(item) for item in value]
-        return value
 
 
 def _encodes_all_unicode(encoding: str | None) -> bool:

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import structlog
 
 from batcher.client import ApiClient, Reply
+from batcher.errors import OutputError
 from batcher.failures import Failure, FailureKind
 from batcher.jsonl import dumps
 from batcher.limits import Pacer, backoff_s
@@ -72,7 +73,9 @@ class Runner:
         run_id: str,
         on_result: Callable[[], None] | None = None,
         rng: random.Random | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
+        """Prepare the pool. `pacer` contains the limits to wait for (default: built from `settings`)."""
         self._client = client
         self._store = store
         self._prompts = iter(prompts)
@@ -81,11 +84,13 @@ class Runner:
         self._run_id = run_id
         self._on_result = on_result
         self._rng = rng or random.Random()
-        self.pacer = Pacer(
+        self.pacer = pacer or Pacer(
             requests_per_minute=settings.requests_per_minute,
             tokens_per_minute=settings.tokens_per_minute,
         )
         self.stopped_reason: str | None = None
+        # The first error writing results.jsonl (a full disk); the run stops on it.
+        self.output_error: OSError | None = None
         # The first response that stopped the run; None when the run was not stopped by one.
         self.stop_cause: StopCause | None = None
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(settings.concurrency * 2, 16))
@@ -105,6 +110,12 @@ class Runner:
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 raise result
+        if self.output_error is not None:
+            raise OutputError(
+                f"Cannot write to {self._store.path}: {self.output_error.strerror or self.output_error}. "
+                f"The run stopped so that no more answers are lost; free disk space or fix the "
+                f"folder's permissions, then run again: prompts already recorded are skipped."
+            ) from self.output_error
         if self.stopped_reason is not None:
             self._count_rest()
         return self.stopped_reason
@@ -169,7 +180,7 @@ class Runner:
         data = dumps(prompt.body).encode("utf-8")
         attempt = 0
         while self.stopped_reason is None:
-            entry = await self.pacer.before_request(prompt.estimated_tokens)
+            slot = await self.pacer.before_request(prompt.estimated_tokens)
             if self.stopped_reason is not None:
                 return
             attempt += 1
@@ -177,16 +188,22 @@ class Runner:
 
             if reply.failure is None:
                 usage_total = self._stats.add_usage(reply.body.get("usage") if reply.body else None)
-                self.pacer.settle(entry, usage_total)
-                self.pacer.after_response(reply.headers, rate_limited=False, wait_s=0.0)
+                self.pacer.after_success(slot, reply.headers, total_tokens=usage_total)
                 self._record_success(prompt, reply, attempt)
                 return
 
             failure = reply.failure
             self._stats.note_response_failure(failure)
             wait_s = self._retry_wait_s(failure, attempt)
-            self.pacer.after_response(
-                reply.headers, rate_limited=failure.kind is FailureKind.RATE_LIMIT, wait_s=wait_s
+            max_wait_s = self._settings.max_wait_s
+            too_long = max_wait_s is not None and wait_s > max_wait_s
+            # A wait longer than the job accepts fails this prompt, and the other workers then
+            # pause only max_wait_s instead of the whole wait.
+            self.pacer.after_failure(
+                slot,
+                reply.headers,
+                rate_limited=failure.kind is FailureKind.RATE_LIMIT,
+                wait_s=min(wait_s, max_wait_s) if max_wait_s is not None else wait_s,
             )
             if failure.stops_run:
                 self._record_failure(prompt, failure, attempt, reason="stops the run")
@@ -194,16 +211,19 @@ class Runner:
                     self.stop_cause = StopCause(prompt_id=prompt.id, failure=failure)
                 self.stop(failure.kind.value)
                 return
-            give_up = not failure.retryable or attempt >= self._settings.max_attempts
-            too_long = self._settings.max_wait_s is not None and wait_s > self._settings.max_wait_s
-            if give_up or too_long:
-                if too_long:
-                    reason = "wait over max_wait_s"
-                elif failure.retryable:
-                    reason = "max_attempts reached"
-                else:
-                    reason = "not retried"
-                self._record_failure(prompt, failure, attempt, reason=reason)
+            if self.stopped_reason is not None:
+                # The run stopped while this request was in flight. Its response is recorded instead
+                # of a retry that would never come, and the next run sends the prompt again.
+                self._record_failure(prompt, failure, attempt, reason="run stopped")
+                return
+            if not failure.retryable:
+                self._record_failure(prompt, failure, attempt, reason="not retried")
+                return
+            if attempt >= self._settings.max_attempts:
+                self._record_failure(prompt, failure, attempt, reason="max_attempts reached")
+                return
+            if too_long:
+                self._record_failure(prompt, failure, attempt, reason="wait over max_wait_s")
                 return
 
             self._stats.note_retry(failure.kind)
@@ -241,9 +261,27 @@ class Runner:
             rng=self._rng,
         )
 
+    def _append(self, record: dict[str, Any]) -> bool:
+        """Append a results line; on a write error (disk full), stop the run at once."""
+        try:
+            self._store.append(record)
+        except OSError as exc:
+            if self.output_error is None:
+                self.output_error = exc
+                log.error(
+                    "results.write_failed",
+                    failure_kind=None,
+                    prompt_id=record["id"],
+                    path=str(self._store.path),
+                    error=exc.strerror or str(exc),
+                )
+            self.stop("output_error")
+            self.cancel_in_flight()
+            return False
+        return True
+
     def _record_success(self, prompt: PromptLike, reply: Reply, attempt: int) -> None:
-        self._stats.succeeded += 1
-        self._store.append(
+        recorded = self._append(
             {
                 "id": prompt.id,
                 "status": "succeeded",
@@ -255,14 +293,16 @@ class Runner:
                 "response": reply.body,
             }
         )
+        if not recorded:
+            return
+        self._stats.succeeded += 1
         if self._on_result is not None:
             self._on_result()
 
     def _record_failure(
         self, prompt: PromptLike, failure: Failure, attempt: int, *, reason: str
     ) -> None:
-        self._stats.note_final_failure(failure.kind)
-        self._store.append(
+        recorded = self._append(
             {
                 "id": prompt.id,
                 "status": "failed",
@@ -273,6 +313,9 @@ class Runner:
                 "error": failure.to_record(),
             }
         )
+        if not recorded:
+            return
+        self._stats.note_final_failure(failure.kind)
         event = log.error if failure.stops_run else log.warning
         event(
             "prompt.failed",

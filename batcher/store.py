@@ -16,6 +16,7 @@ from typing import Any
 
 from batcher.errors import LockError
 from batcher.jsonl import dumps, loads
+from batcher.redact import Redactor
 
 RESULTS_NAME = "results.jsonl"
 SUMMARY_NAME = "summary.json"
@@ -68,6 +69,8 @@ class ResultsStore:
     def __init__(self, output_dir: Path, *, fsync_interval_s: float = FSYNC_INTERVAL_S) -> None:
         self.path = output_dir / RESULTS_NAME
         self._succeeded = array("q")
+        # Removes the API key from lines, in case an endpoint echoes it in an answer.
+        self.redactor = Redactor()
         self._fd: int | None = None
         self._fsync_interval_s = fsync_interval_s
         self._last_fsync = 0.0
@@ -122,7 +125,10 @@ class ResultsStore:
     def append(self, record: dict[str, Any]) -> None:
         """Write one results line in a single write; it survives a kill of this process."""
         assert self._fd is not None, "ResultsStore.append before open"
-        data = (dumps(record) + "\n").encode("utf-8")
+        line = dumps(record)
+        if self.redactor:
+            line = self.redactor.text(line)
+        data = (line + "\n").encode("utf-8")
         view = memoryview(data)
         while view:
             written = os.write(self._fd, view)
@@ -134,10 +140,13 @@ class ResultsStore:
             self._last_fsync = now
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _last_newline_end(results: Any, size: int, chunk: int = 65536) -> int:

@@ -23,6 +23,28 @@ KEY_ENV = "BATCHER_TEST_KEY"
 CLI_TIMEOUT_S = 60.0
 
 
+class FakeClock:
+    """A monotonic clock that moves only when a test advances it or a sleep on it ends.
+
+    `sleep` yields to the event loop once and then moves the clock to the sleeper's wake-up
+    time, so sleepers that wait for the same moment move it only once.
+    """
+
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+    def advance(self, seconds: float) -> None:
+        self.now_s += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        wake_s = self.now_s + seconds
+        await asyncio.sleep(0)
+        self.now_s = max(self.now_s, wake_s)
+
+
 class ThreadedEndpoint:
     """The bundled endpoint served on 127.0.0.1 from a background thread's event loop."""
 

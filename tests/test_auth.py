@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from batcher.auth import build_headers, check_key, describe_headers, fingerprint, read_key
+from batcher.auth import MAX_KEY_FILE_BYTES, build_headers, check_key, describe_headers, fingerprint, read_key
 from batcher.errors import AuthError, ExitCode
 
 GOOD_KEY = "sk-proj-" + "a1B2c3D4e5" * 4 + "cdef"
@@ -135,3 +136,37 @@ def test_private_key_file_has_no_warning(tmp_path: Path) -> None:
     key = read_key(api_key_env="UNUSED", api_key_file=key_file, environ={})
 
     assert key.warnings == ()
+
+
+def test_key_file_single_newline_is_silent(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text(GOOD_KEY + "\n", encoding="utf-8")
+    key_file.chmod(0o600)
+
+    key = read_key(api_key_env="UNUSED", api_key_file=key_file, environ={})
+
+    assert key.value == GOOD_KEY
+    assert key.warnings == ()
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo", "device", "huge"])
+def test_key_file_must_be_small_regular_file(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "key"
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path = Path("/dev/zero")
+    else:
+        path.write_bytes(b"sk-" + b"a" * (MAX_KEY_FILE_BYTES + 10))
+
+    with pytest.raises(AuthError) as caught:
+        read_key(api_key_env="UNUSED", api_key_file=path, environ={})
+
+    assert str(path) in caught.value.message
+    assert "Point `api_key_file`" in caught.value.message
+
+
+def test_fingerprint_escapes_invisible_characters() -> None:
+    assert fingerprint(GOOD_KEY + "\u200b") == "sk-...def\\u200b"

@@ -128,3 +128,45 @@ def test_key_never_appears_in_output(tmp_path: Path) -> None:
     for path in (tmp_path / "out").rglob("*"):
         if path.is_file():
             assert TEST_KEY not in path.read_text(encoding="utf-8"), path
+
+
+def test_echoed_key_is_redacted_in_results(tmp_path: Path) -> None:
+    rules = (Rule(match="", status=400, body={"error": {"message": f"Bad request from key {TEST_KEY}", "type": "invalid_request_error", "code": None}}),)
+    with serve(rules=rules) as endpoint:
+        job = write_job(tmp_path, base_url=endpoint.base_url, count=2)
+        result = run_cli("run", str(job))
+
+    assert result.returncode == 1
+    assert TEST_KEY not in result.stderr
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            assert TEST_KEY not in path.read_text(encoding="utf-8"), path
+    states = final_states(tmp_path / "out")
+    assert "[REDACTED]" in states["p0"]["error"]["message"]
+
+
+def test_full_disk_stops_run_with_exit_74(tmp_path: Path) -> None:
+    import resource
+    import subprocess
+    import sys
+
+    def limit_file_size() -> None:
+        # Files stop growing at 16 KiB, as on a full disk; Python ignores SIGXFSZ, so writes fail with EFBIG.
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384))
+
+    with serve(latency_ms=5) as endpoint:
+        job = write_job(tmp_path, base_url=endpoint.base_url, count=200)
+        result = subprocess.run(
+            [sys.executable, "-m", "batcher", "run", str(job), "--quiet"],
+            env=cli_env(), capture_output=True, text=True, timeout=60, preexec_fn=limit_file_size,
+        )
+        # With space again, the next run repairs the torn line and sends only the rest.
+        rerun = run_cli("run", str(job), "--quiet")
+
+    assert result.returncode == 74, result.stderr
+    assert "Cannot write to" in result.stderr
+    assert "results.jsonl" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert rerun.returncode == 0, rerun.stderr
+    succeeded = [record["id"] for record in read_results(tmp_path / "out") if record["status"] == "succeeded"]
+    assert sorted(succeeded) == sorted(f"p{index}" for index in range(200))
