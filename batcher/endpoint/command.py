@@ -7,14 +7,16 @@ import asyncio
 import os
 import secrets
 import signal
+from typing import TYPE_CHECKING
 
 import structlog
 
 from batcher.endpoint.config import DEFAULT_MODELS, ConfigValueError, EndpointConfig
-from batcher.endpoint.responses import fingerprint
 from batcher.endpoint.rules import load_rules
-from batcher.endpoint.server import LocalEndpoint
 from batcher.errors import JobError
+
+if TYPE_CHECKING:
+    from batcher.endpoint.server import LocalEndpoint
 
 DEFAULT_PORT = 8787
 KEY_ENV = "BATCHER_LOCAL_KEY"
@@ -197,6 +199,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(config: EndpointConfig, *, port: int, key_source: str | None) -> int:
+    # Imported here because every batcher command imports this module for its options, and
+    # the server's aiohttp.web adds an estimated 25 ms to the start-up of commands that never serve.
+    from batcher.endpoint.responses import fingerprint
+    from batcher.endpoint.server import LocalEndpoint
+
     log = structlog.get_logger("batcher.endpoint")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -231,6 +238,8 @@ async def _serve(config: EndpointConfig, *, port: int, key_source: str | None) -
 
 
 def _print_banner(endpoint: LocalEndpoint, key_source: str | None) -> None:
+    from batcher.endpoint.responses import fingerprint
+
     print(f"Local OpenAI-compatible endpoint at {endpoint.base_url}", flush=True)
     if key_source is None:
         print(f"API key (generated, valid for this server only): {endpoint.config.key}", flush=True)
