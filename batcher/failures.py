@@ -15,7 +15,7 @@ from batcher.rate_headers import retry_wait_s
 
 
 class FailureKind(StrEnum):
-    """Why a request failed; every log line and summary count uses these names."""
+    """The reason a request failed; every log line and summary count uses these names."""
 
     AUTH = "auth"
     PERMISSION = "permission"
@@ -48,14 +48,14 @@ _QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "q
 _CONTENT_FILTER_CODES = frozenset({"content_filter", "content_policy_violation"})
 _BAD_REQUEST_STATUSES = frozenset({400, 409, 413, 422})
 
-# A 429 that asks for a wait longer than this is a per-day (or longer) limit: no batch should
+# A 429 that requests a wait longer than this is a per-day (or longer) limit. No batch should
 # sleep through it, so it is treated as quota and stops the run.
 PER_DAY_WAIT_S = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """One failed request: its kind, whether to retry, and what the endpoint said."""
+    """One failed request: its kind, whether to retry it, and the endpoint's error fields."""
 
     kind: FailureKind
     retryable: bool
@@ -64,7 +64,7 @@ class Failure:
     type: str | None = None
     message: str = ""
     request_id: str | None = None
-    # Seconds the endpoint asked to wait (retry-after and x-ratelimit-reset-*), if it said.
+    # Seconds the endpoint requested to wait (retry-after, x-ratelimit-reset-*), or None.
     wait_s: float | None = None
     # Where a 3xx pointed; redirects are never followed with the key.
     location: str | None = None
@@ -166,7 +166,7 @@ def classify_response(
     if kind is FailureKind.RATE_LIMIT and wait_s is not None and wait_s > PER_DAY_WAIT_S:
         kind = FailureKind.QUOTA
 
-    # A redirect would answer the same way every time, so it is a server failure not retried.
+    # A redirect would come back the same way every time, so it is a server failure not retried.
     retryable = kind in RETRIED_KINDS and not 300 <= status < 400
     override = _should_retry_override(headers)
     if override is not None and kind not in STOPPING_KINDS:

@@ -29,7 +29,7 @@ class PromptLike(Protocol):
 
 @dataclass(frozen=True)
 class RunSettings:
-    """How the runner sends: pool size, attempts, backoff, and the wait it will accept."""
+    """Settings of the runner: pool size, attempts, backoff, and the longest wait it accepts."""
 
     concurrency: int
     max_attempts: int
@@ -131,7 +131,7 @@ class Runner:
         """Start no new request; requests in flight finish and are recorded.
 
         Workers that are waiting (on the queue, a limit or a backoff) are cancelled at once,
-        which is safe because they hold no answer.
+        which is safe because they have no response to lose.
         """
         if self.stopped_reason is None:
             self.stopped_reason = reason

@@ -59,7 +59,7 @@ class ResumeState:
 
 
 class ResultsStore:
-    """Appends one line per finished prompt and knows which ids succeeded in earlier runs.
+    """Appends one line per finished prompt, and tracks which ids succeeded in earlier runs.
 
     The succeeded ids are kept as a sorted array of 64-bit hashes (8 bytes an id), so a
     million-line results file costs about 8 MB. Two different ids share a hash with a
@@ -69,7 +69,7 @@ class ResultsStore:
     def __init__(self, output_dir: Path, *, fsync_interval_s: float = FSYNC_INTERVAL_S) -> None:
         self.path = output_dir / RESULTS_NAME
         self._succeeded = array("q")
-        # Removes the API key from lines, in case an endpoint echoes it in an answer.
+        # Removes the API key from lines, in case an endpoint echoes it in a response.
         self.redactor = Redactor()
         self._fd: int | None = None
         self._fsync_interval_s = fsync_interval_s

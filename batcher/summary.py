@@ -25,7 +25,7 @@ def _format_utc_second(second: int) -> str:
 
 @dataclass
 class RunStats:
-    """What happened in this run, counted as it happens."""
+    """Counters of this run, updated as it goes."""
 
     total: int = 0
     succeeded: int = 0
