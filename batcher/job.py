@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from batcher.errors import JobError
+from batcher.input_files import MIB, NotRegularFileError, open_regular_file
 from batcher.prompts import Prompt, PromptDefaults, check_params, parse_prompt
 from batcher.schema import Checker, YamlLocator
 from batcher.yaml_strict import YamlPath, load_yaml
@@ -22,6 +23,8 @@ DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 DEFAULT_TIMEOUT_S = 60.0
 PREFLIGHT_MODES = ("models", "chat", "off")
 LOCAL_ENDPOINT = "local"
+# Maximum size of a job file. Large prompt sets belong in a prompts_file, which is read as a stream.
+MAX_JOB_FILE_BYTES = 10 * MIB
 
 TOP_KEYS = ("name", "endpoint", "model", "system", "params", "limits", "prompts", "prompts_file", "output_dir")
 ENDPOINT_KEYS = (
@@ -118,10 +121,7 @@ def load_job(path: str | Path, *, environ: Mapping[str, str] | None = None) -> J
     job_path = Path(path)
     filename = str(path)
 
-    try:
-        data = job_path.read_bytes()
-    except OSError as exc:
-        raise JobError(f"job file {filename} cannot be read: {exc.strerror or exc}") from None
+    data = _read_job_file(job_path, filename)
     try:
         text = data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
@@ -142,6 +142,24 @@ def load_job(path: str | Path, *, environ: Mapping[str, str] | None = None) -> J
     if job is None:
         raise JobError(f"{filename}: the job file is invalid")
     return job
+
+
+def _read_job_file(path: Path, filename: str) -> bytes:
+    """Read the job file, which must be a regular file of at most MAX_JOB_FILE_BYTES."""
+    try:
+        with open_regular_file(path) as handle:
+            data = handle.read(MAX_JOB_FILE_BYTES + 1)
+    except NotRegularFileError as exc:
+        raise JobError(f"job file {filename} is {exc.kind}, not a regular file; name a YAML job file") from None
+    except OSError as exc:
+        raise JobError(f"job file {filename} cannot be read: {exc.strerror or exc}") from None
+
+    if len(data) > MAX_JOB_FILE_BYTES:
+        raise JobError(
+            f"{filename}: the job file is larger than {MAX_JOB_FILE_BYTES // MIB} MiB; "
+            "move the prompts to a prompts_file, which is read one line at a time"
+        )
+    return data
 
 
 def is_loopback_host(host: str) -> bool:
@@ -472,10 +490,12 @@ class _JobParser:
 
         prompts_file = self._relative_to_job(text)
         try:
-            with open(prompts_file, "rb"):
+            with open_regular_file(prompts_file):
                 pass
-        except IsADirectoryError:
-            self.checker.report(path, f"prompts_file {prompts_file} is a directory; name a JSONL file")
+        except NotRegularFileError as exc:
+            self.checker.report(
+                path, f"prompts_file {prompts_file} is {exc.kind}, not a regular file; name a JSONL file"
+            )
             return None
         except OSError as exc:
             self.checker.report(path, f"prompts_file {prompts_file} cannot be read: {exc.strerror or exc}")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batcher.errors import JobError
+from batcher.input_files import MIB, NotRegularFileError, open_regular_file
 from batcher.schema import MAX_LISTED_PROBLEMS, Checker, LineLocator, describe_type
 from batcher.yaml_strict import YamlPath
 
@@ -27,6 +28,9 @@ CONTENT_PART_TYPES = ("text", "image_url", "input_audio", "file")
 IMAGE_DETAILS = ("auto", "low", "high")
 BATCH_KEYS = ("custom_id", "method", "url", "body")
 BATCH_URL = "/v1/chat/completions"
+
+# Maximum length of one prompts_file line in bytes, without its line break.
+MAX_PROMPT_LINE_BYTES = 16 * MIB
 
 # Ids hashed per sort run when looking for duplicates: 512 KiB of int64 each.
 _SORT_RUN_LENGTH = 1 << 16
@@ -507,16 +511,29 @@ def _parse_line(
 
 
 def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield the 1-based number and text of each non-blank line, decoded as UTF-8."""
+    """Yield the 1-based number and text of each non-blank line, decoded as UTF-8.
+
+    A line is read only up to MAX_PROMPT_LINE_BYTES, so a file without line
+    breaks cannot fill memory.
+    """
     try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed by the with below, after the open error is mapped
+        handle = open_regular_file(path)
+    except NotRegularFileError as exc:
+        raise JobError(f"prompts_file {path} is {exc.kind}, not a regular file; name a JSONL file") from None
     except OSError as exc:
         raise JobError(f"prompts_file {path} cannot be read: {exc.strerror or exc}") from None
 
     line_number = 0
     with handle:
         try:
-            for line_number, raw in enumerate(handle, start=1):
+            # Two bytes more than the maximum make room for a \r\n line break.
+            while raw := handle.readline(MAX_PROMPT_LINE_BYTES + 2):
+                line_number += 1
+                if _without_line_break_length(raw) > MAX_PROMPT_LINE_BYTES:
+                    raise JobError(
+                        f"{path}:{line_number}: line longer than {MAX_PROMPT_LINE_BYTES // MIB} MiB; "
+                        "a prompts_file holds one JSON prompt per line"
+                    )
                 if line_number == 1:
                     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
                         raise JobError(f"{path}: the file is UTF-16; save it as UTF-8")
@@ -534,6 +551,15 @@ def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
             raise JobError(
                 f"prompts_file {path} cannot be read after line {line_number}: {exc.strerror or exc}"
             ) from None
+
+
+def _without_line_break_length(raw: bytes) -> int:
+    """Return the length of a line read from a file, without its LF or CRLF line break."""
+    if raw.endswith(b"\r\n"):
+        return len(raw) - 2
+    if raw.endswith(b"\n"):
+        return len(raw) - 1
+    return len(raw)
 
 
 def _hash_id(prompt_id: str) -> int:

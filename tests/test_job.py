@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import socket
 import textwrap
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from batcher.errors import ExitCode, JobError
-from batcher.job import DEFAULT_BASE_URL, Limits, is_loopback_host, load_job
+from batcher.job import DEFAULT_BASE_URL, MAX_JOB_FILE_BYTES, Limits, is_loopback_host, load_job
 from batcher.prompts import default_id
+from batcher.yaml_strict import MAX_VALUES
+from support import run_cli
 
 MINIMAL = """\
 name: demo
@@ -35,6 +42,25 @@ def load_error(path: Path, environ: dict[str, str] | None = None) -> str:
 
 def with_endpoint(endpoint: str) -> str:
     return MINIMAL + textwrap.dedent(endpoint)
+
+
+def within(seconds: float, function: Callable[[], Any]) -> Any:
+    """Call `function` in a daemon thread and fail the test if it is still running after `seconds`."""
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["value"] = function()
+        except BaseException as exc:  # re-raised in the test's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
 
 
 class TestYamlReadings:
@@ -803,3 +829,105 @@ class TestInlinePrompts:
         )
         lines = load_error(path).splitlines()
         assert [line.split(": ", 1)[0] for line in lines] == [f"{path}:2:8", f"{path}:3:23", f"{path}:5:9"]
+
+
+class TestFileTypes:
+    def test_job_file_is_directory(self, tmp_path: Path) -> None:
+        """A directory given as the job file is named, with what it is."""
+        assert load_error(tmp_path) == (
+            f"job file {tmp_path} is a directory, not a regular file; name a YAML job file"
+        )
+
+    def test_job_file_is_device(self) -> None:
+        """/dev/zero as the job file is rejected before anything is read from it."""
+        assert load_error(Path("/dev/zero")) == (
+            "job file /dev/zero is a character device, not a regular file; name a YAML job file"
+        )
+
+    def test_job_file_is_fifo(self, tmp_path: Path) -> None:
+        """A FIFO as the job file is rejected at once instead of waiting for a writer."""
+        fifo = tmp_path / "job.fifo"
+        os.mkfifo(fifo)
+        message = within(10, lambda: load_error(fifo))
+        assert message == f"job file {fifo} is a FIFO (named pipe), not a regular file; name a YAML job file"
+
+    def test_job_file_is_socket(self, tmp_path: Path) -> None:
+        """A Unix socket as the job file is named as a socket."""
+        path = tmp_path / "job.sock"
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(str(path))
+            assert load_error(path) == f"job file {path} is a socket, not a regular file; name a YAML job file"
+
+    def test_symlink_to_job_file(self, tmp_path: Path) -> None:
+        """A symbolic link to a regular job file is followed."""
+        target = write(tmp_path, MINIMAL)
+        link = tmp_path / "link.yaml"
+        link.symlink_to(target)
+        assert load_job(link, environ={}).name == "demo"
+
+    def test_job_file_too_large(self, tmp_path: Path) -> None:
+        """A job file over the size limit is rejected with the limit in the message."""
+        path = tmp_path / "big.yaml"
+        padding = MAX_JOB_FILE_BYTES + 1 - len(MINIMAL)
+        path.write_text(MINIMAL + "#" * (padding - 1) + "\n", encoding="utf-8")
+        assert path.stat().st_size == MAX_JOB_FILE_BYTES + 1
+        assert load_error(path) == (
+            f"{path}: the job file is larger than 10 MiB; "
+            "move the prompts to a prompts_file, which is read one line at a time"
+        )
+
+    def test_too_many_values(self, tmp_path: Path) -> None:
+        """A small file with more values than the limit is rejected before it fills memory."""
+        values = ",".join(["1"] * MAX_VALUES)
+        path = write(tmp_path, MINIMAL + f"params:\n  seed: [{values}]\n")
+        assert load_error(path) == (
+            f"{path}: the YAML has more than 100,000 values; "
+            "move the prompts to a prompts_file, which is read one line at a time"
+        )
+
+    @pytest.mark.parametrize(
+        ("make", "kind"),
+        [
+            pytest.param(lambda path: path.mkdir(), "a directory", id="directory"),
+            pytest.param(lambda path: os.mkfifo(path), "a FIFO (named pipe)", id="fifo"),
+            pytest.param(lambda path: path.symlink_to("/dev/zero"), "a character device", id="device"),
+        ],
+    )
+    def test_prompts_file_not_regular(self, tmp_path: Path, make: Callable[[Path], None], kind: str) -> None:
+        """A prompts_file that is not a regular file is reported at its key, without opening a FIFO."""
+        prompts_file = tmp_path / "prompts.jsonl"
+        make(prompts_file)
+        path = write(tmp_path, "name: demo\nmodel: m\nprompts_file: prompts.jsonl\n")
+        message = within(10, lambda: load_error(path))
+        assert message == (
+            f"{path}:3:15: prompts_file {prompts_file} is {kind}, not a regular file; name a JSONL file"
+        )
+
+    def test_prompts_file_device_absolute(self, tmp_path: Path) -> None:
+        """`prompts_file: /dev/zero` is rejected by name."""
+        path = write(tmp_path, "name: demo\nmodel: m\nprompts_file: /dev/zero\n")
+        assert load_error(path) == (
+            f"{path}:3:15: prompts_file /dev/zero is a character device, not a regular file; name a JSONL file"
+        )
+
+
+class TestCli:
+    def test_run_dev_zero(self, tmp_path: Path) -> None:
+        """`batcher run /dev/zero` exits 2 at once with the file type, not a traceback or a memory blow-up."""
+        result = run_cli("run", "/dev/zero", cwd=tmp_path, timeout_s=20)
+        assert result.returncode == ExitCode.INVALID_INPUT
+        assert "job file /dev/zero is a character device, not a regular file" in result.stderr
+        assert "Traceback" not in result.stderr
+
+    def test_dry_run_prompts_fifo(self, tmp_path: Path) -> None:
+        """`run --dry-run` with a FIFO as prompts_file exits 2 instead of blocking."""
+        os.mkfifo(tmp_path / "prompts.jsonl")
+        job = write(
+            tmp_path,
+            "name: demo\nmodel: m\nendpoint: {base_url: http://127.0.0.1:9/v1}\nprompts_file: prompts.jsonl\n",
+        )
+        result = run_cli("run", str(job), "--dry-run", cwd=tmp_path, timeout_s=20)
+        assert result.returncode == ExitCode.INVALID_INPUT
+        assert f"prompts_file {tmp_path / 'prompts.jsonl'} is a FIFO (named pipe), not a regular file" in result.stderr
+        assert "Traceback" not in result.stderr
+
