@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -68,6 +68,8 @@ class YamlDocument:
     readings: dict[YamlPath, PlainReading]
     # Problems that do not stop reading, such as duplicate keys (the first one is kept).
     problems: list[tuple[Position, str]]
+    # Paths of the strings written as plain (unquoted) scalars, such as `1e3`, which YAML 1.1 reads as text.
+    plain_strings: frozenset[YamlPath] = field(default_factory=frozenset)
 
     def position(self, path: YamlPath, *, key: bool = False) -> Position | None:
         """Return where the value (or its key) at `path` starts, else the nearest ancestor's."""
@@ -119,7 +121,14 @@ def load_yaml(text: str, *, filename: str) -> YamlDocument:
             "write the values out, or move the prompts to a prompts_file"
         ) from None
 
-    return YamlDocument(data, converter.values, converter.keys, converter.readings, converter.problems)
+    return YamlDocument(
+        data,
+        converter.values,
+        converter.keys,
+        converter.readings,
+        converter.problems,
+        frozenset(converter.plain_strings),
+    )
 
 
 def _position(mark: yaml.Mark) -> Position:
@@ -215,6 +224,7 @@ class _Converter:
         self.values: dict[YamlPath, Position] = {}
         self.keys: dict[YamlPath, Position] = {}
         self.readings: dict[YamlPath, PlainReading] = {}
+        self.plain_strings: set[YamlPath] = set()
         self.problems: list[tuple[Position, str]] = []
         self._converted: set[int] = set()  # ids of the nodes converted so far
         self._aliased_count = 0
@@ -242,6 +252,8 @@ class _Converter:
 
     def _scalar(self, node: ScalarNode, path: YamlPath) -> Any:
         if node.tag in (_TAG + "str", _TAG + "value"):
+            if node.style is None:
+                self.plain_strings.add(path)
             return node.value
 
         kind = _SCALAR_KINDS.get(node.tag)

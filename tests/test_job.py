@@ -931,3 +931,100 @@ class TestCli:
         assert f"prompts_file {tmp_path / 'prompts.jsonl'} is a FIFO (named pipe), not a regular file" in result.stderr
         assert "Traceback" not in result.stderr
 
+
+class TestNumberSpellings:
+    @pytest.mark.parametrize(
+        ("snippet", "expected"),
+        [
+            (
+                "limits: {requests_per_minute: 1e3}",
+                "`requests_per_minute` must be a number, but YAML 1.1 reads `1e3` as a string, because its "
+                "exponent form needs a dot and a signed exponent, as in 1.0e+3; write 1000 or 1.0e+3",
+            ),
+            (
+                "endpoint: {timeout_s: 1e308}",
+                "`timeout_s` must be a number, but YAML 1.1 reads `1e308` as a string, because its "
+                "exponent form needs a dot and a signed exponent, as in 1.0e+3; write 1.0e+308",
+            ),
+            (
+                "limits: {backoff_base_s: 2.5E3}",
+                "`backoff_base_s` must be a number, but YAML 1.1 reads `2.5E3` as a string, because its "
+                "exponent form needs a dot and a signed exponent, as in 1.0e+3; write 2500 or 2.5e+3",
+            ),
+            (
+                "limits: {concurrency: 1e2}",
+                "`concurrency` must be an integer, but YAML 1.1 reads `1e2` as a string, because its "
+                "exponent form needs a dot and a signed exponent, as in 1.0e+3; write 100",
+            ),
+            (
+                "limits: {concurrency: 0o10}",
+                "`concurrency` must be an integer, but YAML 1.1 reads `0o10` as a string; write 8",
+            ),
+            (
+                "limits: {requests_per_minute: '1e3'}",
+                "`requests_per_minute` must be a number, not a string; write 1000 or 1.0e+3 without quotes",
+            ),
+            (
+                "limits: {requests_per_minute: '1000'}",
+                "`requests_per_minute` must be a number, not a string; remove the quotes",
+            ),
+            ("limits: {requests_per_minute: ten}", "`requests_per_minute` must be a number, not a string"),
+            ("limits: {requests_per_minute: .inf}", "`requests_per_minute` must be a finite number, not inf"),
+            ("limits: {requests_per_minute: .nan}", "`requests_per_minute` must be a finite number, not nan"),
+            ("limits: {requests_per_minute: inf}", "`requests_per_minute` must be a finite number, not `inf`"),
+            ("endpoint: {timeout_s: 1e999}", "`timeout_s` must be a finite number, not `1e999`"),
+            ("limits: {tokens_per_minute: .inf}", "`tokens_per_minute` must be an integer, not inf"),
+            ("limits: {max_attempts: -.inf}", "`max_attempts` must be an integer, not -inf"),
+            ("limits: {tokens_per_minute: .nan}", "`tokens_per_minute` must be an integer, not nan"),
+            (
+                "params: {seed: 1e3}",
+                "`seed`: YAML 1.1 read `1e3` as a string, not a number; write 1000 or 1.0e+3, "
+                "or quote it if you mean the text",
+            ),
+            (
+                "params: {temperature: 5e-1}",
+                "`temperature` must be a number, but YAML 1.1 reads `5e-1` as a string, because its "
+                "exponent form needs a dot and a signed exponent, as in 1.0e+3; write 0.5 or 5.0e-1",
+            ),
+        ],
+    )
+    def test_rejected(self, tmp_path: Path, snippet: str, expected: str) -> None:
+        """A number YAML 1.1 reads as a string, or an infinite one, gets a message that says how to write it."""
+        path = write(tmp_path, MINIMAL + snippet + "\n")
+        assert load_error(path).endswith(expected)
+
+    def test_exponent_with_dot_and_sign(self, tmp_path: Path) -> None:
+        """The YAML 1.1 exponent form that the messages suggest is read as a number."""
+        path = write(tmp_path, MINIMAL + "limits: {requests_per_minute: 1.0e+3}\nendpoint: {timeout_s: 1.0e+308}\n")
+        job = load_job(path, environ={})
+        assert job.limits.requests_per_minute == 1000.0
+        assert job.endpoint.timeout_s == 1.0e308
+
+    def test_hex_binary_and_underscores(self, tmp_path: Path) -> None:
+        """YAML 1.1 integers in hex, binary or with underscores are accepted as the numbers they spell."""
+        path = write(
+            tmp_path,
+            MINIMAL
+            + "limits: {concurrency: 0x10, tokens_per_minute: 1_000, max_attempts: 0b11}\n"
+            + "params: {seed: 0x1F}\n",
+        )
+        job = load_job(path, environ={})
+        assert job.limits.concurrency == 16
+        assert job.limits.tokens_per_minute == 1000
+        assert job.limits.max_attempts == 3
+        assert job.params == {"seed": 31}
+
+    def test_number_like_text_in_string_fields(self, tmp_path: Path) -> None:
+        """Where a string belongs, a plain `1e3` stays the text it is."""
+        path = write(tmp_path, "name: 1e3\nmodel: 0o10\nprompts:\n  - prompt: 1e3\n")
+        job = load_job(path, environ={})
+        assert job.name == "1e3"
+        assert job.model == "0o10"
+        assert job.inline_prompts[0].body["messages"] == [{"role": "user", "content": "1e3"}]
+
+    def test_quoted_number_text_in_params(self, tmp_path: Path) -> None:
+        """A quoted `"1e3"` in a parameter is text, sent as written."""
+        path = write(tmp_path, MINIMAL + 'params: {user: "1e3"}\n')
+        assert load_job(path, environ={}).params == {"user": "1e3"}
+
+
