@@ -59,6 +59,10 @@ class PromptCheck:
     estimated_tokens: int
     # Every model the prompts ask for, so the preflight can check each against the model list.
     models: frozenset[str] = frozenset()
+    # The largest estimate of a single request, to compare with `tokens_per_minute`, and the
+    # `file:line` of the first prompt with that estimate ("" without prompts).
+    max_estimated_tokens: int = 0
+    max_estimated_tokens_source: str = ""
 
 
 @dataclass(frozen=True)
@@ -219,15 +223,9 @@ def check_prompts(job: Job) -> PromptCheck:
             prompts_file that cannot be read or is not UTF-8, duplicate ids,
             or a job without prompts.
     """
-    hashes = array("q")
-    count = 0
-    estimated_tokens = 0
-    models: set[str] = set()
+    totals = _Totals()
     for prompt in job.inline_prompts:
-        hashes.append(_hash_id(prompt.id))
-        count += 1
-        estimated_tokens += prompt.estimated_tokens
-        _note_model(models, prompt)
+        totals.add(prompt)
 
     problems: list[str] = []
     if job.prompts_file is not None:
@@ -240,30 +238,51 @@ def check_prompts(job: Job) -> PromptCheck:
                     problems.append(f"... stopped after {len(problems)} problems")
                     break
                 continue
-            hashes.append(_hash_id(prompt.id))
-            count += 1
-            estimated_tokens += prompt.estimated_tokens
-            _note_model(models, prompt)
+            totals.add(prompt)
 
     if problems:
         raise JobError("\n".join(problems))
-    if count == 0:
+    if totals.count == 0:
         raise JobError(
             f"{job.path}: the job has no prompts; {job.prompts_file} contains no prompt lines "
             "and the job file lists none under `prompts`"
         )
 
-    duplicates = _find_duplicate_hashes(hashes)
-    del hashes
+    duplicates = _find_duplicate_hashes(totals.hashes)
+    totals.hashes = array("q")  # frees 8 bytes a prompt before the second pass
     if duplicates:
         raise JobError(_describe_duplicates(job, duplicates))
-    return PromptCheck(count=count, estimated_tokens=estimated_tokens, models=frozenset(models))
+    return PromptCheck(
+        count=totals.count,
+        estimated_tokens=totals.estimated_tokens,
+        models=frozenset(totals.models),
+        max_estimated_tokens=totals.max_estimated_tokens,
+        max_estimated_tokens_source=totals.max_estimated_tokens_source,
+    )
 
 
-def _note_model(models: set[str], prompt: Prompt) -> None:
-    model = prompt.body.get("model")
-    if isinstance(model, str):
-        models.add(model)
+class _Totals:
+    """Running totals of the prompts checked so far, and the hashes of their ids."""
+
+    def __init__(self) -> None:
+        self.hashes = array("q")
+        self.count = 0
+        self.estimated_tokens = 0
+        self.models: set[str] = set()
+        self.max_estimated_tokens = 0
+        self.max_estimated_tokens_source = ""
+
+    def add(self, prompt: Prompt) -> None:
+        self.hashes.append(_hash_id(prompt.id))
+        self.count += 1
+        self.estimated_tokens += prompt.estimated_tokens
+        if self.count == 1 or prompt.estimated_tokens > self.max_estimated_tokens:
+            self.max_estimated_tokens = prompt.estimated_tokens
+            self.max_estimated_tokens_source = prompt.source
+
+        model = prompt.body.get("model")
+        if isinstance(model, str):
+            self.models.add(model)
 
 
 def iter_prompts(job: Job) -> Iterator[Prompt]:

@@ -373,6 +373,33 @@ class TestEstimates:
         assert check.count == 3
         assert check.estimated_tokens == inline + from_file + batch
         assert check.models == {"gpt-4o-mini", "gpt-3.5-turbo-0125"}
+        assert check.max_estimated_tokens == from_file
+        assert check.max_estimated_tokens_source == f"{tmp_path / 'prompts.jsonl'}:1"
+
+    def test_max_estimate_first_of_ties(self, tmp_path: Path) -> None:
+        """The largest single estimate names the first prompt that has it, inline prompts included."""
+        job = make_job(
+            tmp_path,
+            [{"id": "f1", "prompt": "a" * 40}, {"id": "f2", "prompt": "b" * 400}, {"id": "f3", "prompt": "c" * 400}],
+            job=JOB + "prompts: [{id: i1, prompt: short}]\n",
+        )
+        check = check_prompts(job)
+        assert check.max_estimated_tokens == -(-(9 + 400) // 4) + 8 + 10
+        assert check.max_estimated_tokens_source == f"{tmp_path / 'prompts.jsonl'}:2"
+
+    def test_max_estimate_inline_only(self, tmp_path: Path) -> None:
+        """Inline prompts alone give the largest estimate and their `file:line`."""
+        job = make_job(tmp_path, [], job=JOB + "prompts:\n  - prompt: a\n  - prompt: abcdefghijkl\n")
+        check = check_prompts(job)
+        assert check.max_estimated_tokens == -(-(9 + 12) // 4) + 8 + 10
+        assert check.max_estimated_tokens_source == f"{tmp_path / 'job.yaml'}:8"
+
+    def test_prompt_check_defaults(self) -> None:
+        """PromptCheck still builds from the count and total alone."""
+        check = PromptCheck(count=1, estimated_tokens=5)
+        assert check.models == frozenset()
+        assert check.max_estimated_tokens == 0
+        assert check.max_estimated_tokens_source == ""
 
 
 class TestStreaming:
