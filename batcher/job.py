@@ -216,13 +216,7 @@ class _JobParser:
         if "prompts" not in root and "prompts_file" not in root:
             checker.report((), "the job has no prompts; add a `prompts` list or a `prompts_file`")
 
-        output_dir = None
-        if "output_dir" in root:
-            text = checker.string(root["output_dir"], ("output_dir",))
-            if text is not None:
-                output_dir = Path(self._expand_home(text))
-        elif name is not None:
-            output_dir = Path("runs") / name
+        output_dir = self._output_dir(root, name)
 
         parts = (name, model, endpoint, limits, output_dir, inline_prompts)
         if checker.count or any(part is None for part in parts):
@@ -501,6 +495,26 @@ class _JobParser:
             self.checker.report(path, f"prompts_file {prompts_file} cannot be read: {exc.strerror or exc}")
             return None
         return prompts_file
+
+    def _output_dir(self, root: dict[str, Any], name: str | None) -> Path | None:
+        """Check output_dir, which defaults to runs/<name>."""
+        if "output_dir" not in root:
+            return None if name is None else Path("runs") / name
+
+        path: YamlPath = ("output_dir",)
+        text = self.checker.string(root["output_dir"], path, allow_empty=True)
+        if text is None:
+            return None
+        if not text.strip():
+            self.checker.report(
+                path,
+                f"`output_dir` is empty; write a folder path, or remove the key to write to runs/{name or '<name>'}",
+            )
+            return None
+        text = self.checker.single_line(text, path)
+        if text is None:
+            return None
+        return Path(self._expand_home(text))
 
     def _inline_prompts(self, root: dict[str, Any], defaults: PromptDefaults) -> tuple[Prompt, ...] | None:
         if "prompts" not in root:

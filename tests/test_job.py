@@ -1028,3 +1028,26 @@ class TestNumberSpellings:
         assert load_job(path, environ={}).params == {"user": "1e3"}
 
 
+
+class TestOutputDir:
+    @pytest.mark.parametrize("value", ['""', "' '", "''"])
+    def test_empty_rejected(self, tmp_path: Path, value: str) -> None:
+        """An empty or blank output_dir is rejected with the default it would otherwise use."""
+        path = write(tmp_path, MINIMAL + f"output_dir: {value}\n")
+        assert load_error(path) == (
+            f"{path}:5:13: `output_dir` is empty; write a folder path, or remove the key to write to runs/demo"
+        )
+
+    def test_line_break_rejected(self, tmp_path: Path) -> None:
+        """An output_dir with a line break is rejected."""
+        path = write(tmp_path, MINIMAL + 'output_dir: "out\\nput"\n')
+        assert load_error(path) == f"{path}:5:13: `output_dir` must not contain line breaks or control characters"
+
+    def test_no_value(self, tmp_path: Path) -> None:
+        """`output_dir:` without a value is reported as such."""
+        path = write(tmp_path, MINIMAL + "output_dir:\n")
+        assert load_error(path) == f"{path}:5:12: `output_dir` has no value; write a string"
+
+    def test_current_directory_allowed(self, tmp_path: Path) -> None:
+        """`output_dir: .` is a real folder, so it is allowed."""
+        assert load_job(write(tmp_path, MINIMAL + "output_dir: .\n"), environ={}).output_dir == Path(".")
