@@ -23,6 +23,9 @@ DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 DEFAULT_TIMEOUT_S = 60.0
 PREFLIGHT_MODES = ("models", "chat", "off")
 LOCAL_ENDPOINT = "local"
+# The runner starts a task, and may open a connection, for each request in flight,
+# so a concurrency such as 10**9 would exhaust memory before the first request.
+MAX_CONCURRENCY = 1000
 # Maximum size of a job file. Large prompt sets belong in a prompts_file, which is read as a stream.
 MAX_JOB_FILE_BYTES = 10 * MIB
 
@@ -268,7 +271,9 @@ class _JobParser:
 
         values: dict[str, Any] = {}
         if "concurrency" in limits:
-            values["concurrency"] = checker.integer(limits["concurrency"], ("limits", "concurrency"), minimum=1)
+            values["concurrency"] = checker.integer(
+                limits["concurrency"], ("limits", "concurrency"), minimum=1, maximum=MAX_CONCURRENCY
+            )
         if limits.get("requests_per_minute") is not None:
             values["requests_per_minute"] = checker.number(
                 limits["requests_per_minute"], ("limits", "requests_per_minute"), above=0

@@ -228,8 +228,10 @@ class Checker:
             return None
         return value
 
-    def integer(self, value: Any, path: YamlPath, *, minimum: int | None = None) -> int | None:
-        """Return `value` if it is an integer of at least `minimum`."""
+    def integer(
+        self, value: Any, path: YamlPath, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int | None:
+        """Return `value` if it is an integer of at least `minimum` and at most `maximum`."""
         if isinstance(value, float) and math.isfinite(value):
             self.report(path, f"{name_of(path)} must be a whole number, not {value!r}")
             return None
@@ -246,6 +248,9 @@ class Checker:
             return None
         if minimum is not None and value < minimum:
             self.report(path, f"{name_of(path)} must be at least {minimum}, not {value}")
+            return None
+        if maximum is not None and value > maximum:
+            self.report(path, f"{name_of(path)} must be at most {maximum}, not {value}")
             return None
         return value
 

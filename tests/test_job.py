@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from batcher.errors import ExitCode, JobError
-from batcher.job import DEFAULT_BASE_URL, MAX_JOB_FILE_BYTES, Limits, is_loopback_host, load_job
+from batcher.job import DEFAULT_BASE_URL, MAX_CONCURRENCY, MAX_JOB_FILE_BYTES, Limits, is_loopback_host, load_job
 from batcher.prompts import default_id
 from batcher.yaml_strict import MAX_VALUES
 from support import run_cli
@@ -1027,6 +1027,14 @@ class TestNumberSpellings:
         path = write(tmp_path, MINIMAL + 'params: {user: "1e3"}\n')
         assert load_job(path, environ={}).params == {"user": "1e3"}
 
+
+class TestLimitsBounds:
+    def test_concurrency_maximum(self, tmp_path: Path) -> None:
+        """A concurrency above the maximum is rejected; the maximum itself is accepted."""
+        too_many = write(tmp_path, MINIMAL + f"limits: {{concurrency: {MAX_CONCURRENCY + 1}}}\n")
+        assert load_error(too_many).endswith(f"`concurrency` must be at most 1000, not {MAX_CONCURRENCY + 1}")
+        at_maximum = write(tmp_path, MINIMAL + f"limits: {{concurrency: {MAX_CONCURRENCY}}}\n", name="max.yaml")
+        assert load_job(at_maximum, environ={}).limits.concurrency == MAX_CONCURRENCY
 
 
 class TestOutputDir:
