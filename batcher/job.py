@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from batcher.errors import JobError
+from batcher.input_files import MIB, NotRegularFileError, open_regular_file
 from batcher.prompts import Prompt, PromptDefaults, check_params, parse_prompt
 from batcher.schema import Checker, YamlLocator
 from batcher.yaml_strict import YamlPath, load_yaml
@@ -22,6 +23,11 @@ DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 DEFAULT_TIMEOUT_S = 60.0
 PREFLIGHT_MODES = ("models", "chat", "off")
 LOCAL_ENDPOINT = "local"
+# The runner starts a task, and may open a connection, for each request in flight,
+# so a concurrency such as 10**9 would exhaust memory before the first request.
+MAX_CONCURRENCY = 1000
+# Maximum size of a job file. Large prompt sets belong in a prompts_file, which is read as a stream.
+MAX_JOB_FILE_BYTES = 10 * MIB
 
 TOP_KEYS = ("name", "endpoint", "model", "system", "params", "limits", "prompts", "prompts_file", "output_dir")
 ENDPOINT_KEYS = (
@@ -118,10 +124,7 @@ def load_job(path: str | Path, *, environ: Mapping[str, str] | None = None) -> J
     job_path = Path(path)
     filename = str(path)
 
-    try:
-        data = job_path.read_bytes()
-    except OSError as exc:
-        raise JobError(f"job file {filename} cannot be read: {exc.strerror or exc}") from None
+    data = _read_job_file(job_path, filename)
     try:
         text = data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as exc:
@@ -142,6 +145,24 @@ def load_job(path: str | Path, *, environ: Mapping[str, str] | None = None) -> J
     if job is None:
         raise JobError(f"{filename}: the job file is invalid")
     return job
+
+
+def _read_job_file(path: Path, filename: str) -> bytes:
+    """Read the job file, which must be a regular file of at most MAX_JOB_FILE_BYTES."""
+    try:
+        with open_regular_file(path) as handle:
+            data = handle.read(MAX_JOB_FILE_BYTES + 1)
+    except NotRegularFileError as exc:
+        raise JobError(f"job file {filename} is {exc.kind}, not a regular file; name a YAML job file") from None
+    except OSError as exc:
+        raise JobError(f"job file {filename} cannot be read: {exc.strerror or exc}") from None
+
+    if len(data) > MAX_JOB_FILE_BYTES:
+        raise JobError(
+            f"{filename}: the job file is larger than {MAX_JOB_FILE_BYTES // MIB} MiB; "
+            "move the prompts to a prompts_file, which is read one line at a time"
+        )
+    return data
 
 
 def is_loopback_host(host: str) -> bool:
@@ -198,13 +219,7 @@ class _JobParser:
         if "prompts" not in root and "prompts_file" not in root:
             checker.report((), "the job has no prompts; add a `prompts` list or a `prompts_file`")
 
-        output_dir = None
-        if "output_dir" in root:
-            text = checker.string(root["output_dir"], ("output_dir",))
-            if text is not None:
-                output_dir = Path(self._expand_home(text))
-        elif name is not None:
-            output_dir = Path("runs") / name
+        output_dir = self._output_dir(root, name)
 
         parts = (name, model, endpoint, limits, output_dir, inline_prompts)
         if checker.count or any(part is None for part in parts):
@@ -256,7 +271,9 @@ class _JobParser:
 
         values: dict[str, Any] = {}
         if "concurrency" in limits:
-            values["concurrency"] = checker.integer(limits["concurrency"], ("limits", "concurrency"), minimum=1)
+            values["concurrency"] = checker.integer(
+                limits["concurrency"], ("limits", "concurrency"), minimum=1, maximum=MAX_CONCURRENCY
+            )
         if limits.get("requests_per_minute") is not None:
             values["requests_per_minute"] = checker.number(
                 limits["requests_per_minute"], ("limits", "requests_per_minute"), above=0
@@ -472,15 +489,37 @@ class _JobParser:
 
         prompts_file = self._relative_to_job(text)
         try:
-            with open(prompts_file, "rb"):
+            with open_regular_file(prompts_file):
                 pass
-        except IsADirectoryError:
-            self.checker.report(path, f"prompts_file {prompts_file} is a directory; name a JSONL file")
+        except NotRegularFileError as exc:
+            self.checker.report(
+                path, f"prompts_file {prompts_file} is {exc.kind}, not a regular file; name a JSONL file"
+            )
             return None
         except OSError as exc:
             self.checker.report(path, f"prompts_file {prompts_file} cannot be read: {exc.strerror or exc}")
             return None
         return prompts_file
+
+    def _output_dir(self, root: dict[str, Any], name: str | None) -> Path | None:
+        """Check output_dir, which defaults to runs/<name>."""
+        if "output_dir" not in root:
+            return None if name is None else Path("runs") / name
+
+        path: YamlPath = ("output_dir",)
+        text = self.checker.string(root["output_dir"], path, allow_empty=True)
+        if text is None:
+            return None
+        if not text.strip():
+            self.checker.report(
+                path,
+                f"`output_dir` is empty; write a folder path, or remove the key to write to runs/{name or '<name>'}",
+            )
+            return None
+        text = self.checker.single_line(text, path)
+        if text is None:
+            return None
+        return Path(self._expand_home(text))
 
     def _inline_prompts(self, root: dict[str, Any], defaults: PromptDefaults) -> tuple[Prompt, ...] | None:
         if "prompts" not in root:

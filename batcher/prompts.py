@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batcher.errors import JobError
+from batcher.input_files import MIB, NotRegularFileError, open_regular_file
 from batcher.schema import MAX_LISTED_PROBLEMS, Checker, LineLocator, describe_type
 from batcher.yaml_strict import YamlPath
 
@@ -27,6 +28,9 @@ CONTENT_PART_TYPES = ("text", "image_url", "input_audio", "file")
 IMAGE_DETAILS = ("auto", "low", "high")
 BATCH_KEYS = ("custom_id", "method", "url", "body")
 BATCH_URL = "/v1/chat/completions"
+
+# Maximum length of one prompts_file line in bytes, without its line break.
+MAX_PROMPT_LINE_BYTES = 16 * MIB
 
 # Ids hashed per sort run when looking for duplicates: 512 KiB of int64 each.
 _SORT_RUN_LENGTH = 1 << 16
@@ -55,6 +59,10 @@ class PromptCheck:
     estimated_tokens: int
     # Every model the prompts ask for, so the preflight can check each against the model list.
     models: frozenset[str] = frozenset()
+    # The largest estimate of a single request, to compare with `tokens_per_minute`, and the
+    # `file:line` of the first prompt with that estimate ("" without prompts).
+    max_estimated_tokens: int = 0
+    max_estimated_tokens_source: str = ""
 
 
 @dataclass(frozen=True)
@@ -215,15 +223,9 @@ def check_prompts(job: Job) -> PromptCheck:
             prompts_file that cannot be read or is not UTF-8, duplicate ids,
             or a job without prompts.
     """
-    hashes = array("q")
-    count = 0
-    estimated_tokens = 0
-    models: set[str] = set()
+    totals = _Totals()
     for prompt in job.inline_prompts:
-        hashes.append(_hash_id(prompt.id))
-        count += 1
-        estimated_tokens += prompt.estimated_tokens
-        _note_model(models, prompt)
+        totals.add(prompt)
 
     problems: list[str] = []
     if job.prompts_file is not None:
@@ -236,30 +238,51 @@ def check_prompts(job: Job) -> PromptCheck:
                     problems.append(f"... stopped after {len(problems)} problems")
                     break
                 continue
-            hashes.append(_hash_id(prompt.id))
-            count += 1
-            estimated_tokens += prompt.estimated_tokens
-            _note_model(models, prompt)
+            totals.add(prompt)
 
     if problems:
         raise JobError("\n".join(problems))
-    if count == 0:
+    if totals.count == 0:
         raise JobError(
             f"{job.path}: the job has no prompts; {job.prompts_file} contains no prompt lines "
             "and the job file lists none under `prompts`"
         )
 
-    duplicates = _find_duplicate_hashes(hashes)
-    del hashes
+    duplicates = _find_duplicate_hashes(totals.hashes)
+    totals.hashes = array("q")  # frees 8 bytes a prompt before the second pass
     if duplicates:
         raise JobError(_describe_duplicates(job, duplicates))
-    return PromptCheck(count=count, estimated_tokens=estimated_tokens, models=frozenset(models))
+    return PromptCheck(
+        count=totals.count,
+        estimated_tokens=totals.estimated_tokens,
+        models=frozenset(totals.models),
+        max_estimated_tokens=totals.max_estimated_tokens,
+        max_estimated_tokens_source=totals.max_estimated_tokens_source,
+    )
 
 
-def _note_model(models: set[str], prompt: Prompt) -> None:
-    model = prompt.body.get("model")
-    if isinstance(model, str):
-        models.add(model)
+class _Totals:
+    """Running totals of the prompts checked so far, and the hashes of their ids."""
+
+    def __init__(self) -> None:
+        self.hashes = array("q")
+        self.count = 0
+        self.estimated_tokens = 0
+        self.models: set[str] = set()
+        self.max_estimated_tokens = 0
+        self.max_estimated_tokens_source = ""
+
+    def add(self, prompt: Prompt) -> None:
+        self.hashes.append(_hash_id(prompt.id))
+        self.count += 1
+        self.estimated_tokens += prompt.estimated_tokens
+        if self.count == 1 or prompt.estimated_tokens > self.max_estimated_tokens:
+            self.max_estimated_tokens = prompt.estimated_tokens
+            self.max_estimated_tokens_source = prompt.source
+
+        model = prompt.body.get("model")
+        if isinstance(model, str):
+            self.models.add(model)
 
 
 def iter_prompts(job: Job) -> Iterator[Prompt]:
@@ -507,16 +530,29 @@ def _parse_line(
 
 
 def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield the 1-based number and text of each non-blank line, decoded as UTF-8."""
+    """Yield the 1-based number and text of each non-blank line, decoded as UTF-8.
+
+    A line is read only up to MAX_PROMPT_LINE_BYTES, so a file without line
+    breaks cannot fill memory.
+    """
     try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed by the with below, after the open error is mapped
+        handle = open_regular_file(path)
+    except NotRegularFileError as exc:
+        raise JobError(f"prompts_file {path} is {exc.kind}, not a regular file; name a JSONL file") from None
     except OSError as exc:
         raise JobError(f"prompts_file {path} cannot be read: {exc.strerror or exc}") from None
 
     line_number = 0
     with handle:
         try:
-            for line_number, raw in enumerate(handle, start=1):
+            # Two bytes more than the maximum make room for a \r\n line break.
+            while raw := handle.readline(MAX_PROMPT_LINE_BYTES + 2):
+                line_number += 1
+                if _without_line_break_length(raw) > MAX_PROMPT_LINE_BYTES:
+                    raise JobError(
+                        f"{path}:{line_number}: line longer than {MAX_PROMPT_LINE_BYTES // MIB} MiB; "
+                        "a prompts_file holds one JSON prompt per line"
+                    )
                 if line_number == 1:
                     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
                         raise JobError(f"{path}: the file is UTF-16; save it as UTF-8")
@@ -534,6 +570,15 @@ def _read_lines(path: Path) -> Iterator[tuple[int, str]]:
             raise JobError(
                 f"prompts_file {path} cannot be read after line {line_number}: {exc.strerror or exc}"
             ) from None
+
+
+def _without_line_break_length(raw: bytes) -> int:
+    """Return the length of a line read from a file, without its LF or CRLF line break."""
+    if raw.endswith(b"\r\n"):
+        return len(raw) - 2
+    if raw.endswith(b"\n"):
+        return len(raw) - 1
+    return len(raw)
 
 
 def _hash_id(prompt_id: str) -> int:

@@ -8,6 +8,8 @@ import re
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+import yaml
+
 from batcher.errors import JobError
 from batcher.yaml_strict import PlainReading, YamlDocument, YamlPath
 
@@ -16,6 +18,11 @@ MAX_LISTED_PROBLEMS = 20
 
 _SEXAGESIMAL_OR_OCTAL = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?|0[0-7_]+)$")
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+# A number with an exponent, split into sign, integer part, fraction, exponent sign and exponent.
+_EXPONENT_NUMBER = re.compile(r"([-+]?)([0-9][0-9_]*)?(?:\.([0-9_]*))?[eE]([-+]?)([0-9]+)")
+# Maximum digits of an integer spelled out in a hint, so `1e308` gets only the exponent spelling.
+_MAX_SPELLED_DIGITS = 16
+_YAML_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 # Key names that mean "the API key itself", compared without case, `-` or `_`.
 _SECRET_KEY_NAMES = frozenset(
     {
@@ -44,6 +51,10 @@ class Locator(Protocol):
         """Return how YAML resolved a plain scalar that is not a string, if it did."""
         ...
 
+    def is_plain_string(self, path: YamlPath) -> bool:
+        """Return whether the value is a string written without quotes."""
+        ...
+
 
 class YamlLocator:
     """Positions of values in a job file."""
@@ -61,6 +72,9 @@ class YamlLocator:
     def reading(self, path: YamlPath) -> PlainReading | None:
         return self._document.readings.get(path)
 
+    def is_plain_string(self, path: YamlPath) -> bool:
+        return path in self._document.plain_strings
+
 
 class LineLocator:
     """Position of every value on one line of a JSONL file."""
@@ -74,6 +88,9 @@ class LineLocator:
 
     def reading(self, path: YamlPath) -> PlainReading | None:
         return None
+
+    def is_plain_string(self, path: YamlPath) -> bool:
+        return False  # JSON strings are always quoted
 
 
 def describe_type(value: Any) -> str:
@@ -211,18 +228,29 @@ class Checker:
             return None
         return value
 
-    def integer(self, value: Any, path: YamlPath, *, minimum: int | None = None) -> int | None:
-        """Return `value` if it is an integer of at least `minimum`."""
-        if isinstance(value, float) and not isinstance(value, bool) and math.isfinite(value):
+    def integer(
+        self, value: Any, path: YamlPath, *, minimum: int | None = None, maximum: int | None = None
+    ) -> int | None:
+        """Return `value` if it is an integer of at least `minimum` and at most `maximum`."""
+        if isinstance(value, float) and math.isfinite(value):
             self.report(path, f"{name_of(path)} must be a whole number, not {value!r}")
             return None
+        if isinstance(value, float):
+            self.report(path, f"{name_of(path)} must be an integer, not {value}")
+            return None
+        if isinstance(value, str) and (message := self._number_string_message(value, path, whole=True)):
+            self.report(path, message)
+            return None
         if not isinstance(value, int) or isinstance(value, bool):
-            self.report(path, f"{name_of(path)} must be an integer, not {describe_type(value)}{_unquote_hint(value)}")
+            self.report(path, f"{name_of(path)} must be an integer, not {describe_type(value)}")
             return None
         if not self._number_reading_ok(path):
             return None
         if minimum is not None and value < minimum:
             self.report(path, f"{name_of(path)} must be at least {minimum}, not {value}")
+            return None
+        if maximum is not None and value > maximum:
+            self.report(path, f"{name_of(path)} must be at most {maximum}, not {value}")
             return None
         return value
 
@@ -236,8 +264,11 @@ class Checker:
         above: float | None = None,
     ) -> float | int | None:
         """Return `value` if it is a finite number within the bounds (`above` is exclusive)."""
+        if isinstance(value, str) and (message := self._number_string_message(value, path, whole=False)):
+            self.report(path, message)
+            return None
         if not isinstance(value, (int, float)) or isinstance(value, bool):
-            self.report(path, f"{name_of(path)} must be a number, not {describe_type(value)}{_unquote_hint(value)}")
+            self.report(path, f"{name_of(path)} must be a number, not {describe_type(value)}")
             return None
         if not math.isfinite(value):
             self.report(path, f"{name_of(path)} must be a finite number, not {value}")
@@ -291,6 +322,16 @@ class Checker:
         if isinstance(value, float) and not math.isfinite(value):
             self.report(path, f"{name_of(path)} is {value}, which JSON cannot carry; write a finite number")
             return
+        if isinstance(value, str) and self.locator.is_plain_string(path):
+            number = _parse_number(value)
+            if number is not None and math.isfinite(number):
+                spellings = " or ".join(_number_spellings(value, number, whole=False)) or "the number in decimal"
+                self.report(
+                    path,
+                    f"{name_of(path)}: YAML 1.1 read `{value}` as a string, not a number; "
+                    f"write {spellings}, or quote it if you mean the text",
+                )
+            return
         reading = self.locator.reading(path)
         if reading is None:
             return
@@ -306,6 +347,32 @@ class Checker:
             )
         elif reading.kind in ("int", "float"):
             self._number_reading_ok(path)
+
+    def _number_string_message(self, text: str, path: YamlPath, *, whole: bool) -> str | None:
+        """Return a message for a string that spells a number where a number belongs, or None if it spells none."""
+        number = _parse_number(text)
+        if number is None:
+            return None
+        name = name_of(path)
+        expected = "an integer" if whole else "a number"
+        if not math.isfinite(number):
+            return f"{name} must be {expected if whole else 'a finite number'}, not `{text}`"
+        plain = self.locator.is_plain_string(path)
+        if not plain and _yaml_reads_as_number(text):
+            return f"{name} must be {expected}, not a string; remove the quotes"
+
+        spellings = _number_spellings(text, number, whole=whole)
+        if spellings:
+            fix = "write " + " or ".join(spellings)
+        else:
+            fix = "write a whole number" if whole and not _is_integral(number) else "write the number in decimal"
+        if not plain:
+            return f"{name} must be {expected}, not a string; {fix} without quotes"
+
+        reason = ""
+        if _EXPONENT_NUMBER.fullmatch(text):
+            reason = ", because its exponent form needs a dot and a signed exponent, as in 1.0e+3"
+        return f"{name} must be {expected}, but YAML 1.1 reads `{text}` as a string{reason}; {fix}"
 
     def _number_reading_ok(self, path: YamlPath) -> bool:
         reading = self.locator.reading(path)
@@ -334,14 +401,52 @@ def _misread_string_message(name: str, path: YamlPath, reading: PlainReading, va
     return f'{name} must be a string, but YAML read it as {read_as}; quote it: {key}"{reading.text}"'
 
 
-def _unquote_hint(value: Any) -> str:
-    if isinstance(value, str):
-        try:
-            float(value)
-        except ValueError:
-            return ""
-        return "; remove the quotes"
-    return ""
+def _parse_number(text: str) -> int | float | None:
+    """Return the number that `text` spells in Python syntax, such as 1e3, 0o10 or inf, else None."""
+    if not text.isascii():
+        return None  # Python also reads digits of other scripts, such as `١٢`
+    try:
+        return int(text, 0)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _is_integral(number: int | float) -> bool:
+    return isinstance(number, int) or number.is_integer()
+
+
+def _yaml_reads_as_number(text: str) -> bool:
+    """Return whether YAML 1.1 reads `text`, written without quotes, as an int or a float."""
+    tag = yaml.resolver.Resolver().resolve(yaml.ScalarNode, text, (True, False))
+    return tag in _YAML_NUMBER_TAGS
+
+
+def _number_spellings(text: str, number: int | float, *, whole: bool) -> list[str]:
+    """Return ways to write `number` that YAML 1.1 reads as a number: decimal, then with an exponent.
+
+    For `whole`, only an integer in decimal qualifies.
+    """
+    spellings = []
+    if _is_integral(number):
+        decimal = str(int(number))
+        if len(decimal.lstrip("-")) <= _MAX_SPELLED_DIGITS:
+            spellings.append(decimal)
+    elif not whole and "e" not in repr(number):
+        spellings.append(repr(number))
+    if whole:
+        return spellings
+
+    match = _EXPONENT_NUMBER.fullmatch(text)
+    if match is not None:
+        sign, integer_part, fraction, exponent_sign, exponent = match.groups()
+        exponent_spelling = f"{sign}{integer_part or '0'}.{fraction or '0'}e{exponent_sign or '+'}{exponent}"
+        if exponent_spelling not in spellings and _yaml_reads_as_number(exponent_spelling):
+            spellings.append(exponent_spelling)
+    return spellings
 
 
 def _empty_hint(value: Any, path: YamlPath, checker: Checker) -> str:

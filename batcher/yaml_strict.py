@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -16,6 +16,9 @@ YamlPath = tuple[str | int, ...]
 # Maximum number of values that aliases may repeat. Nested aliases can make a
 # small file expand into billions of values ("billion laughs").
 MAX_ALIASED_VALUES = 100_000
+# Maximum number of values (keys included) written in a document. Each costs about 1 KB while
+# it is checked (measured with PyYAML 6.0 on CPython 3.11), and a 10 MiB `[1,1,1,...]` holds 5 million.
+MAX_VALUES = 100_000
 
 _TAG = "tag:yaml.org,2002:"
 _SCALAR_KINDS = {
@@ -65,6 +68,8 @@ class YamlDocument:
     readings: dict[YamlPath, PlainReading]
     # Problems that do not stop reading, such as duplicate keys (the first one is kept).
     problems: list[tuple[Position, str]]
+    # Paths of the strings written as plain (unquoted) scalars, such as `1e3`, which YAML 1.1 reads as text.
+    plain_strings: frozenset[YamlPath] = field(default_factory=frozenset)
 
     def position(self, path: YamlPath, *, key: bool = False) -> Position | None:
         """Return where the value (or its key) at `path` starts, else the nearest ancestor's."""
@@ -85,11 +90,17 @@ def load_yaml(text: str, *, filename: str) -> YamlDocument:
     returned in `problems` so that the caller can list them with its own.
 
     Raises:
-        JobError: a syntax error, as one `file:line:column: message` line, or
-            a document whose aliases repeat more than MAX_ALIASED_VALUES values.
+        JobError: a syntax error, as one `file:line:column: message` line, a
+            document of more than MAX_VALUES values, or one whose aliases
+            repeat more than MAX_ALIASED_VALUES values.
     """
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_CountingLoader)
+    except _TooManyValues:
+        raise JobError(
+            f"{filename}: the YAML has more than {MAX_VALUES:,} values; "
+            "move the prompts to a prompts_file, which is read one line at a time"
+        ) from None
     except yaml.MarkedYAMLError as exc:
         raise JobError(_describe_syntax_error(exc, text, filename)) from None
     except yaml.reader.ReaderError as exc:
@@ -110,7 +121,14 @@ def load_yaml(text: str, *, filename: str) -> YamlDocument:
             "write the values out, or move the prompts to a prompts_file"
         ) from None
 
-    return YamlDocument(data, converter.values, converter.keys, converter.readings, converter.problems)
+    return YamlDocument(
+        data,
+        converter.values,
+        converter.keys,
+        converter.readings,
+        converter.problems,
+        frozenset(converter.plain_strings),
+    )
 
 
 def _position(mark: yaml.Mark) -> Position:
@@ -177,6 +195,24 @@ def _quote_hint(line: str) -> str:
     return f'quote it: {key}: "{value}", or write it as a block scalar after {key}: |'
 
 
+class _TooManyValues(Exception):
+    """The document has more than MAX_VALUES values."""
+
+
+class _CountingLoader(yaml.SafeLoader):
+    """SafeLoader that stops composing after MAX_VALUES nodes, before their memory adds up."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._node_count = 0
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:
+        self._node_count += 1
+        if self._node_count > MAX_VALUES:
+            raise _TooManyValues
+        return super().compose_node(parent, index)
+
+
 class _TooManyAliasedValues(Exception):
     """Aliases repeat more than MAX_ALIASED_VALUES values."""
 
@@ -188,6 +224,7 @@ class _Converter:
         self.values: dict[YamlPath, Position] = {}
         self.keys: dict[YamlPath, Position] = {}
         self.readings: dict[YamlPath, PlainReading] = {}
+        self.plain_strings: set[YamlPath] = set()
         self.problems: list[tuple[Position, str]] = []
         self._converted: set[int] = set()  # ids of the nodes converted so far
         self._aliased_count = 0
@@ -215,6 +252,8 @@ class _Converter:
 
     def _scalar(self, node: ScalarNode, path: YamlPath) -> Any:
         if node.tag in (_TAG + "str", _TAG + "value"):
+            if node.style is None:
+                self.plain_strings.add(path)
             return node.value
 
         kind = _SCALAR_KINDS.get(node.tag)

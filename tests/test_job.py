@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import socket
 import textwrap
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from batcher.errors import ExitCode, JobError
-from batcher.job import DEFAULT_BASE_URL, Limits, is_loopback_host, load_job
+from batcher.job import DEFAULT_BASE_URL, MAX_CONCURRENCY, MAX_JOB_FILE_BYTES, Limits, is_loopback_host, load_job
 from batcher.prompts import default_id
+from batcher.yaml_strict import MAX_VALUES
+from support import run_cli
 
 MINIMAL = """\
 name: demo
@@ -35,6 +42,25 @@ def load_error(path: Path, environ: dict[str, str] | None = None) -> str:
 
 def with_endpoint(endpoint: str) -> str:
     return MINIMAL + textwrap.dedent(endpoint)
+
+
+def within(seconds: float, function: Callable[[], Any]) -> Any:
+    """Call `function` in a daemon thread and fail the test if it is still running after `seconds`."""
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["value"] = function()
+        except BaseException as exc:  # re-raised in the test's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
 
 
 class TestYamlReadings:
@@ -803,3 +829,233 @@ class TestInlinePrompts:
         )
         lines = load_error(path).splitlines()
         assert [line.split(": ", 1)[0] for line in lines] == [f"{path}:2:8", f"{path}:3:23", f"{path}:5:9"]
+
+
+class TestFileTypes:
+    def test_job_file_is_directory(self, tmp_path: Path) -> None:
+        """A directory given as the job file is named, with what it is."""
+        assert load_error(tmp_path) == (
+            f"job file {tmp_path} is a directory, not a regular file; name a YAML job file"
+        )
+
+    def test_job_file_is_device(self) -> None:
+        """/dev/zero as the job file is rejected before anything is read from it."""
+        assert load_error(Path("/dev/zero")) == (
+            "job file /dev/zero is a character device, not a regular file; name a YAML job file"
+        )
+
+    def test_job_file_is_fifo(self, tmp_path: Path) -> None:
+        """A FIFO as the job file is rejected at once instead of waiting for a writer."""
+        fifo = tmp_path / "job.fifo"
+        os.mkfifo(fifo)
+        message = within(10, lambda: load_error(fifo))
+        assert message == f"job file {fifo} is a FIFO (named pipe), not a regular file; name a YAML job file"
+
+    def test_job_file_is_socket(self, tmp_path: Path) -> None:
+        """A Unix socket as the job file is named as a socket."""
+        path = tmp_path / "job.sock"
+        with socket.socket(socket.AF_UNIX) as listener:
+            listener.bind(str(path))
+            assert load_error(path) == f"job file {path} is a socket, not a regular file; name a YAML job file"
+
+    def test_symlink_to_job_file(self, tmp_path: Path) -> None:
+        """A symbolic link to a regular job file is followed."""
+        target = write(tmp_path, MINIMAL)
+        link = tmp_path / "link.yaml"
+        link.symlink_to(target)
+        assert load_job(link, environ={}).name == "demo"
+
+    def test_job_file_too_large(self, tmp_path: Path) -> None:
+        """A job file over the size limit is rejected with the limit in the message."""
+        path = tmp_path / "big.yaml"
+        padding = MAX_JOB_FILE_BYTES + 1 - len(MINIMAL)
+        path.write_text(MINIMAL + "#" * (padding - 1) + "\n", encoding="utf-8")
+        assert path.stat().st_size == MAX_JOB_FILE_BYTES + 1
+        assert load_error(path) == (
+            f"{path}: the job file is larger than 10 MiB; "
+            "move the prompts to a prompts_file, which is read one line at a time"
+        )
+
+    def test_too_many_values(self, tmp_path: Path) -> None:
+        """A small file with more values than the limit is rejected before it fills memory."""
+        values = ",".join(["1"] * MAX_VALUES)
+        path = write(tmp_path, MINIMAL + f"params:\n  seed: [{values}]\n")
+        assert load_error(path) == (
+            f"{path}: the YAML has more than 100,000 values; "
+            "move the prompts to a prompts_file, which is read one line at a time"
+        )
+
+    @pytest.mark.parametrize(
+        ("make", "kind"),
+        [
+            pytest.param(lambda path: path.mkdir(), "a directory", id="directory"),
+            pytest.param(lambda path: os.mkfifo(path), "a FIFO (named pipe)", id="fifo"),
+            pytest.param(lambda path: path.symlink_to("/dev/zero"), "a character device", id="device"),
+        ],
+    )
+    def test_prompts_file_not_regular(self, tmp_path: Path, make: Callable[[Path], None], kind: str) -> None:
+        """A prompts_file that is not a regular file is reported at its key, without opening a FIFO."""
+        prompts_file = tmp_path / "prompts.jsonl"
+        make(prompts_file)
+        path = write(tmp_path, "name: demo\nmodel: m\nprompts_file: prompts.jsonl\n")
+        message = within(10, lambda: load_error(path))
+        assert message == (
+            f"{path}:3:15: prompts_file {prompts_file} is {kind}, not a regular file; name a JSONL file"
+        )
+
+    def test_prompts_file_device_absolute(self, tmp_path: Path) -> None:
+        """`prompts_file: /dev/zero` is rejected by name."""
+        path = write(tmp_path, "name: demo\nmodel: m\nprompts_file: /dev/zero\n")
+        assert load_error(path) == (
+            f"{path}:3:15: prompts_file /dev/zero is a character device, not a regular file; name a JSONL file"
+        )
+
+
+class TestCli:
+    def test_run_dev_zero(self, tmp_path: Path) -> None:
+        """`batcher run /dev/zero` exits 2 at once with the file type, not a traceback or a memory blow-up."""
+        result = run_cli("run", "/dev/zero", cwd=tmp_path, timeout_s=20)
+        assert result.returncode == ExitCode.INVALID_INPUT
+        assert "job file /dev/zero is a character device, not a regular file" in result.stderr
+        assert "Traceback" not in result.stderr
+
+    def test_dry_run_prompts_fifo(self, tmp_path: Path) -> None:
+        """`run --dry-run` with a FIFO as prompts_file exits 2 instead of blocking."""
+        os.mkfifo(tmp_path / "prompts.jsonl")
+        job = write(
+            tmp_path,
+            "name: demo\nmodel: m\nendpoint: {base_url: http://127.0.0.1:9/v1}\nprompts_file: prompts.jsonl\n",
+        )
+        result = run_cli("run", str(job), "--dry-run", cwd=tmp_path, timeout_s=20)
+        assert result.returncode == ExitCode.INVALID_INPUT
+        assert f"prompts_file {tmp_path / 'prompts.jsonl'} is a FIFO (named pipe), not a regular file" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+class TestNumberSpellings:
+    @pytest.mark.parametrize(
+        ("snippet", "expected"),
+        [
+            (
+                "limits: {requests_per_minute: 1e3}",
+                "`requests_per_minute` must be a number, but YAML 1.1 reads `1e3` as a string, because its "
+                "exponent form needs a dot and a signed exponent, as in 1.0e+3; write 1000 or 1.0e+3",
+            ),
+            (
+                "endpoint: {timeout_s: 1e308}",
+                "`timeout_s` must be a number, but YAML 1.1 reads `1e308` as a string, because its "
+                "exponent form needs a dot and a signed exponent, as in 1.0e+3; write 1.0e+308",
+            ),
+            (
+                "limits: {backoff_base_s: 2.5E3}",
+                "`backoff_base_s` must be a number, but YAML 1.1 reads `2.5E3` as a string, because its "
+                "exponent form needs a dot and a signed exponent, as in 1.0e+3; write 2500 or 2.5e+3",
+            ),
+            (
+                "limits: {concurrency: 1e2}",
+                "`concurrency` must be an integer, but YAML 1.1 reads `1e2` as a string, because its "
+                "exponent form needs a dot and a signed exponent, as in 1.0e+3; write 100",
+            ),
+            (
+                "limits: {concurrency: 0o10}",
+                "`concurrency` must be an integer, but YAML 1.1 reads `0o10` as a string; write 8",
+            ),
+            (
+                "limits: {requests_per_minute: '1e3'}",
+                "`requests_per_minute` must be a number, not a string; write 1000 or 1.0e+3 without quotes",
+            ),
+            (
+                "limits: {requests_per_minute: '1000'}",
+                "`requests_per_minute` must be a number, not a string; remove the quotes",
+            ),
+            ("limits: {requests_per_minute: ten}", "`requests_per_minute` must be a number, not a string"),
+            ("limits: {requests_per_minute: .inf}", "`requests_per_minute` must be a finite number, not inf"),
+            ("limits: {requests_per_minute: .nan}", "`requests_per_minute` must be a finite number, not nan"),
+            ("limits: {requests_per_minute: inf}", "`requests_per_minute` must be a finite number, not `inf`"),
+            ("endpoint: {timeout_s: 1e999}", "`timeout_s` must be a finite number, not `1e999`"),
+            ("limits: {tokens_per_minute: .inf}", "`tokens_per_minute` must be an integer, not inf"),
+            ("limits: {max_attempts: -.inf}", "`max_attempts` must be an integer, not -inf"),
+            ("limits: {tokens_per_minute: .nan}", "`tokens_per_minute` must be an integer, not nan"),
+            (
+                "params: {seed: 1e3}",
+                "`seed`: YAML 1.1 read `1e3` as a string, not a number; write 1000 or 1.0e+3, "
+                "or quote it if you mean the text",
+            ),
+            (
+                "params: {temperature: 5e-1}",
+                "`temperature` must be a number, but YAML 1.1 reads `5e-1` as a string, because its "
+                "exponent form needs a dot and a signed exponent, as in 1.0e+3; write 0.5 or 5.0e-1",
+            ),
+        ],
+    )
+    def test_rejected(self, tmp_path: Path, snippet: str, expected: str) -> None:
+        """A number YAML 1.1 reads as a string, or an infinite one, gets a message that says how to write it."""
+        path = write(tmp_path, MINIMAL + snippet + "\n")
+        assert load_error(path).endswith(expected)
+
+    def test_exponent_with_dot_and_sign(self, tmp_path: Path) -> None:
+        """The YAML 1.1 exponent form that the messages suggest is read as a number."""
+        path = write(tmp_path, MINIMAL + "limits: {requests_per_minute: 1.0e+3}\nendpoint: {timeout_s: 1.0e+308}\n")
+        job = load_job(path, environ={})
+        assert job.limits.requests_per_minute == 1000.0
+        assert job.endpoint.timeout_s == 1.0e308
+
+    def test_hex_binary_and_underscores(self, tmp_path: Path) -> None:
+        """YAML 1.1 integers in hex, binary or with underscores are accepted as the numbers they spell."""
+        path = write(
+            tmp_path,
+            MINIMAL
+            + "limits: {concurrency: 0x10, tokens_per_minute: 1_000, max_attempts: 0b11}\n"
+            + "params: {seed: 0x1F}\n",
+        )
+        job = load_job(path, environ={})
+        assert job.limits.concurrency == 16
+        assert job.limits.tokens_per_minute == 1000
+        assert job.limits.max_attempts == 3
+        assert job.params == {"seed": 31}
+
+    def test_number_like_text_in_string_fields(self, tmp_path: Path) -> None:
+        """Where a string belongs, a plain `1e3` stays the text it is."""
+        path = write(tmp_path, "name: 1e3\nmodel: 0o10\nprompts:\n  - prompt: 1e3\n")
+        job = load_job(path, environ={})
+        assert job.name == "1e3"
+        assert job.model == "0o10"
+        assert job.inline_prompts[0].body["messages"] == [{"role": "user", "content": "1e3"}]
+
+    def test_quoted_number_text_in_params(self, tmp_path: Path) -> None:
+        """A quoted `"1e3"` in a parameter is text, sent as written."""
+        path = write(tmp_path, MINIMAL + 'params: {user: "1e3"}\n')
+        assert load_job(path, environ={}).params == {"user": "1e3"}
+
+
+class TestLimitsBounds:
+    def test_concurrency_maximum(self, tmp_path: Path) -> None:
+        """A concurrency above the maximum is rejected; the maximum itself is accepted."""
+        too_many = write(tmp_path, MINIMAL + f"limits: {{concurrency: {MAX_CONCURRENCY + 1}}}\n")
+        assert load_error(too_many).endswith(f"`concurrency` must be at most 1000, not {MAX_CONCURRENCY + 1}")
+        at_maximum = write(tmp_path, MINIMAL + f"limits: {{concurrency: {MAX_CONCURRENCY}}}\n", name="max.yaml")
+        assert load_job(at_maximum, environ={}).limits.concurrency == MAX_CONCURRENCY
+
+
+class TestOutputDir:
+    @pytest.mark.parametrize("value", ['""', "' '", "''"])
+    def test_empty_rejected(self, tmp_path: Path, value: str) -> None:
+        """An empty or blank output_dir is rejected with the default it would otherwise use."""
+        path = write(tmp_path, MINIMAL + f"output_dir: {value}\n")
+        assert load_error(path) == (
+            f"{path}:5:13: `output_dir` is empty; write a folder path, or remove the key to write to runs/demo"
+        )
+
+    def test_line_break_rejected(self, tmp_path: Path) -> None:
+        """An output_dir with a line break is rejected."""
+        path = write(tmp_path, MINIMAL + 'output_dir: "out\\nput"\n')
+        assert load_error(path) == f"{path}:5:13: `output_dir` must not contain line breaks or control characters"
+
+    def test_no_value(self, tmp_path: Path) -> None:
+        """`output_dir:` without a value is reported as such."""
+        path = write(tmp_path, MINIMAL + "output_dir:\n")
+        assert load_error(path) == f"{path}:5:12: `output_dir` has no value; write a string"
+
+    def test_current_directory_allowed(self, tmp_path: Path) -> None:
+        """`output_dir: .` is a real folder, so it is allowed."""
+        assert load_job(write(tmp_path, MINIMAL + "output_dir: .\n"), environ={}).output_dir == Path(".")

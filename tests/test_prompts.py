@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from batcher.errors import JobError
+from batcher.errors import ExitCode, JobError
 from batcher.job import Job, load_job
-from batcher.prompts import check_prompts, default_id, estimate_tokens, iter_prompts
+from batcher.prompts import (
+    MAX_PROMPT_LINE_BYTES,
+    PromptCheck,
+    check_prompts,
+    default_id,
+    estimate_tokens,
+    iter_prompts,
+)
+from support import run_cli
 
 JOB = """\
 name: demo
@@ -48,6 +59,33 @@ def check_error(job: Job) -> str:
     with pytest.raises(JobError) as info:
         check_prompts(job)
     return str(info.value)
+
+
+def within(seconds: float, function: Callable[[], Any]) -> Any:
+    """Call `function` in a daemon thread and fail the test if it is still running after `seconds`."""
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["value"] = function()
+        except BaseException as exc:  # re-raised in the test's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def prompt_line_of_length(length: int, prompt_id: str = "big") -> str:
+    """Return a JSON prompt line of exactly `length` bytes, without a line break."""
+    frame = json.dumps({"id": prompt_id, "prompt": ""})
+    line = json.dumps({"id": prompt_id, "prompt": "x" * (length - len(frame))})
+    assert len(line) == length
+    return line
 
 
 class TestLineErrors:
@@ -166,6 +204,63 @@ class TestFileErrors:
         job = make_job(tmp_path, [], job=JOB + "prompts: [{prompt: hi}]\n")
         assert check_prompts(job).count == 1
 
+    def test_replaced_by_fifo_after_load(self, tmp_path: Path) -> None:
+        """A prompts_file that became a FIFO after loading is rejected at once, not read."""
+        job = make_job(tmp_path, [{"prompt": "a"}])
+        prompts_file = tmp_path / "prompts.jsonl"
+        prompts_file.unlink()
+        os.mkfifo(prompts_file)
+        message = within(10, lambda: check_error(job))
+        assert message == f"prompts_file {prompts_file} is a FIFO (named pipe), not a regular file; name a JSONL file"
+
+    def test_replaced_by_device_after_load(self, tmp_path: Path) -> None:
+        """A prompts_file that became a link to /dev/zero after loading is rejected before reading."""
+        job = make_job(tmp_path, [{"prompt": "a"}])
+        prompts_file = tmp_path / "prompts.jsonl"
+        prompts_file.unlink()
+        prompts_file.symlink_to("/dev/zero")
+        with pytest.raises(JobError, match="is a character device, not a regular file"):
+            next(iter_prompts(job))
+
+
+class TestLineLength:
+    @pytest.mark.parametrize("line_break", ["\n", "\r\n"])
+    def test_line_at_maximum_accepted(self, tmp_path: Path, line_break: str) -> None:
+        """A line of exactly the maximum length, line break not counted, is read whole."""
+        job = make_job(tmp_path, [])
+        long_line = prompt_line_of_length(MAX_PROMPT_LINE_BYTES)
+        with open(tmp_path / "prompts.jsonl", "w", encoding="utf-8", newline="") as handle:
+            handle.write('{"id": "small", "prompt": "x"}' + line_break + long_line + line_break)
+
+        prompts = list(iter_prompts(job))
+        assert [prompt.id for prompt in prompts] == ["small", "big"]
+        content = prompts[1].body["messages"][1]["content"]
+        assert len(content) == MAX_PROMPT_LINE_BYTES - len('{"id": "big", "prompt": ""}')
+
+    def test_line_over_maximum(self, tmp_path: Path) -> None:
+        """A line one byte over the maximum is an error naming its line and the limit."""
+        job = make_job(tmp_path, [{"prompt": "a"}, prompt_line_of_length(MAX_PROMPT_LINE_BYTES + 1)])
+        assert check_error(job) == (
+            f"{tmp_path / 'prompts.jsonl'}:2: line longer than 16 MiB; a prompts_file holds one JSON prompt per line"
+        )
+
+    def test_file_without_line_breaks(self, tmp_path: Path) -> None:
+        """A large file without line breaks stops at the limit instead of being read into memory whole."""
+        job = make_job(tmp_path, [])
+        with open(tmp_path / "prompts.jsonl", "wb") as handle:
+            handle.write(b"x" * (MAX_PROMPT_LINE_BYTES * 2))
+        with pytest.raises(JobError, match=r"prompts\.jsonl:1: line longer than 16 MiB"):
+            next(iter_prompts(job))
+
+    def test_dry_run_long_line(self, tmp_path: Path) -> None:
+        """`run --dry-run` exits 2 on an overlong line, with the message and no traceback."""
+        job = JOB + "endpoint: {base_url: http://127.0.0.1:9/v1}\n"
+        make_job(tmp_path, [prompt_line_of_length(MAX_PROMPT_LINE_BYTES + 1)], job=job)
+        result = run_cli("run", str(tmp_path / "job.yaml"), "--dry-run", cwd=tmp_path, timeout_s=30)
+        assert result.returncode == ExitCode.INVALID_INPUT
+        assert f"{tmp_path / 'prompts.jsonl'}:1: line longer than 16 MiB" in result.stderr
+        assert "Traceback" not in result.stderr
+
 
 class TestBatchLines:
     def test_body_sent_as_given(self, tmp_path: Path) -> None:
@@ -278,6 +373,33 @@ class TestEstimates:
         assert check.count == 3
         assert check.estimated_tokens == inline + from_file + batch
         assert check.models == {"gpt-4o-mini", "gpt-3.5-turbo-0125"}
+        assert check.max_estimated_tokens == from_file
+        assert check.max_estimated_tokens_source == f"{tmp_path / 'prompts.jsonl'}:1"
+
+    def test_max_estimate_first_of_ties(self, tmp_path: Path) -> None:
+        """The largest single estimate names the first prompt that has it, inline prompts included."""
+        job = make_job(
+            tmp_path,
+            [{"id": "f1", "prompt": "a" * 40}, {"id": "f2", "prompt": "b" * 400}, {"id": "f3", "prompt": "c" * 400}],
+            job=JOB + "prompts: [{id: i1, prompt: short}]\n",
+        )
+        check = check_prompts(job)
+        assert check.max_estimated_tokens == -(-(9 + 400) // 4) + 8 + 10
+        assert check.max_estimated_tokens_source == f"{tmp_path / 'prompts.jsonl'}:2"
+
+    def test_max_estimate_inline_only(self, tmp_path: Path) -> None:
+        """Inline prompts alone give the largest estimate and their `file:line`."""
+        job = make_job(tmp_path, [], job=JOB + "prompts:\n  - prompt: a\n  - prompt: abcdefghijkl\n")
+        check = check_prompts(job)
+        assert check.max_estimated_tokens == -(-(9 + 12) // 4) + 8 + 10
+        assert check.max_estimated_tokens_source == f"{tmp_path / 'job.yaml'}:8"
+
+    def test_prompt_check_defaults(self) -> None:
+        """PromptCheck still builds from the count and total alone."""
+        check = PromptCheck(count=1, estimated_tokens=5)
+        assert check.models == frozenset()
+        assert check.max_estimated_tokens == 0
+        assert check.max_estimated_tokens_source == ""
 
 
 class TestStreaming:
