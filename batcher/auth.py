@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from batcher.errors import AuthError
+from batcher.input_files import NotRegularFileError, open_regular_file
 
 _PLACEHOLDERS = frozenset(
     {
@@ -135,14 +136,11 @@ def _read_key_file(path: Path) -> ApiKey:
 
 def _read_small_text(path: Path) -> str:
     """Read a key file, rejecting what is not a small regular file (a FIFO, /dev/zero)."""
-    # O_NONBLOCK so that opening a FIFO returns at once instead of waiting for a writer.
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    mode = os.fstat(descriptor).st_mode
-    if not stat.S_ISREG(mode):
-        os.close(descriptor)
-        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
-        raise AuthError(f"The key file {path} is {kind}. Point `api_key_file` at a file that holds the key.")
-    with os.fdopen(descriptor, "rb") as handle:
+    try:
+        handle = open_regular_file(path)
+    except NotRegularFileError as exc:
+        raise AuthError(f"The key file {path} is {exc.kind}. Point `api_key_file` at a file that holds the key.") from None
+    with handle:
         data = handle.read(MAX_KEY_FILE_BYTES + 1)
     if len(data) > MAX_KEY_FILE_BYTES:
         raise AuthError(

@@ -166,6 +166,17 @@ async def _run_locked(
     stats = RunStats()
     store = ResultsStore(output_dir)
     resume = store.open()
+    tokens_per_minute = job.limits.tokens_per_minute
+    if tokens_per_minute is not None and counts.max_estimated_tokens > tokens_per_minute:
+        log.warning(
+            "limits.request_over_budget",
+            failure_kind=None,
+            estimated_tokens=counts.max_estimated_tokens,
+            tokens_per_minute=tokens_per_minute,
+            prompt_source=counts.max_estimated_tokens_source,
+            message="A request estimated above tokens_per_minute waits for an empty minute and then "
+            "goes alone; raise tokens_per_minute or lower max_tokens.",
+        )
     log.info(
         "run.started",
         job=job.name,
@@ -194,7 +205,8 @@ async def _run_locked(
             headers = build_headers(key, organization=job.endpoint.organization, project=job.endpoint.project)
             log.info("run.headers", base_url=base_url, headers=describe_headers(headers))
             settings = RunSettings(
-                concurrency=options.concurrency or job.limits.concurrency,
+                # No more workers than prompts: a small job with a large pool would only idle.
+                concurrency=min(options.concurrency or job.limits.concurrency, prompt_count),
                 max_attempts=job.limits.max_attempts,
                 requests_per_minute=options.requests_per_minute or job.limits.requests_per_minute,
                 tokens_per_minute=job.limits.tokens_per_minute,

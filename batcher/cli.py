@@ -37,6 +37,21 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _concurrency(text: str) -> int:
+    from batcher.job import MAX_CONCURRENCY
+
+    value = _positive_int(text)
+    if value > MAX_CONCURRENCY:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_CONCURRENCY}, got {value}")
+    return value
+
+
+def _folder(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder path, got an empty string")
+    return Path(text)
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -57,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a job file", description="Run a job: check the key, then send every prompt not done yet.")
     run.add_argument("job", type=Path, help="the job file (YAML)")
-    run.add_argument("--output-dir", type=Path, help="folder for results, logs and summary (default: the job's output_dir)")
+    run.add_argument("--output-dir", type=_folder, help="folder for results, logs and summary (default: the job's output_dir)")
     run.add_argument("--limit", type=_positive_int, metavar="N", help="send only the first N prompts that are not done yet")
-    run.add_argument("--concurrency", type=_positive_int, metavar="N", help="requests in flight at once (overrides limits.concurrency)")
+    run.add_argument("--concurrency", type=_concurrency, metavar="N", help="requests in flight at once (overrides limits.concurrency)")
     run.add_argument("--rpm", type=_positive_float, metavar="N", help="requests per minute (overrides limits.requests_per_minute)")
     run.add_argument("--dry-run", action="store_true", help="validate and show what would be sent; send nothing")
     run.add_argument("--quiet", action="store_true", help="print only warnings and errors on stderr")

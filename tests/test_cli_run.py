@@ -203,3 +203,29 @@ def test_redirect_is_not_retried(tmp_path: Path) -> None:
     assert failed[0]["failure_kind"] == "server"
     assert failed[0]["location"] == "https://elsewhere.test/v1/chat/completions"
     assert failed[0]["reason"] == "not retried"
+
+
+def test_bad_command_line_values_exit_2(tmp_path: Path) -> None:
+    job = write_job(tmp_path, base_url="http://127.0.0.1:9/v1")
+
+    for args, expected in [
+        (["--concurrency", "5000"], "expected at most 1000"),
+        (["--output-dir", ""], "expected a folder path"),
+        (["--limit", "0"], "at least 1"),
+    ]:
+        result = run_cli("run", str(job), *args)
+        assert result.returncode == 2, args
+        assert expected in result.stderr, args
+        assert "Traceback" not in result.stderr
+
+
+def test_request_over_token_budget_warns(tmp_path: Path) -> None:
+    with serve() as endpoint:
+        job = write_job(tmp_path, base_url=endpoint.base_url, count=1, params={"max_tokens": 200}, limits={"tokens_per_minute": 50})
+        result = run_cli("run", str(job), "--quiet")
+
+    assert result.returncode == 0, result.stderr
+    warnings = [event for event in read_log(tmp_path / "out") if event["event"] == "limits.request_over_budget"]
+    assert len(warnings) == 1
+    assert warnings[0]["tokens_per_minute"] == 50
+    assert warnings[0]["estimated_tokens"] > 200
