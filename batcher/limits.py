@@ -139,15 +139,23 @@ class TokenBudget:
             return entry
 
     def settle(self, entry: _TokenStart, actual_tokens: int) -> None:
-        """Replace a start's estimate by the tokens the response reports it used."""
+        """Raise a start's estimate to the tokens the response reports, if it used more.
+
+        A lower usage does not free budget: OpenAI-style limiters count the estimate (prompt
+        plus max_tokens) when the request starts, so giving it back would lead to 429s.
+        """
         actual = min(float(actual_tokens), self._budget)
+        if actual <= entry.tokens:
+            return
         if entry.in_window:
             self._used += actual - entry.tokens
         entry.tokens = actual
 
     def release(self, entry: _TokenStart) -> None:
         """Give back the tokens of a start whose request was never sent."""
-        self.settle(entry, 0)
+        if entry.in_window:
+            self._used -= entry.tokens
+        entry.tokens = 0.0
 
 
 class Cooldown:
@@ -225,6 +233,10 @@ class Pacer:
         self._tokens_fixed = tokens_per_minute is not None
         self._started_s = clock()
         self._successes: deque[float] = deque()
+        # Start and 429 times while no rate is set, for a first estimate when 429s come back
+        # before any success (fast rejections, slow completions).
+        self._starts: deque[float] = deque()
+        self._rejections: deque[float] = deque()
         # When the learned rate last changed, whether that change was an estimate from the
         # successes, and how many successes came since.
         self._rate_changed_s = 0.0
@@ -248,7 +260,10 @@ class Pacer:
             budget = self._token_budget
             entry = await budget.acquire(estimated_tokens) if budget is not None else None
             if self.cooldown.remaining_s <= 0:
-                return RequestSlot(self._clock(), budget, entry)
+                started_s = self._clock()
+                if self._rate_source is None:
+                    _append_recent(self._starts, started_s, self._OBSERVE_WINDOW_S)
+                return RequestSlot(started_s, budget, entry)
 
             # A 429 arrived while this worker waited for a slot, and its wait applies to every
             # request that has not started yet.
@@ -312,6 +327,8 @@ class Pacer:
         if self._rate_source in ("job", "announced"):
             return
         now = self._clock()
+        if self._rate_source is None:
+            _append_recent(self._rejections, now, self._OBSERVE_WINDOW_S)
         estimate = self._accepted_per_minute(now)
         if self._request_rate is None:
             # With no success seen yet there is no rate to learn; the cooldown paces the retries.
@@ -341,7 +358,22 @@ class Pacer:
         self._successes_since_change = 0
 
     def _accepted_per_minute(self, now: float) -> float | None:
-        """Return the rate of successes over the recent past, or None if there were none."""
+        """Return the rate the endpoint accepted over the recent past, or None if unknown.
+
+        That is the rate of successes or, before the first success, of the starts that were not
+        rejected with a 429, since those are still in flight.
+        """
         span_s = min(self._OBSERVE_WINDOW_S, max(now - self._started_s, 1.0))
         recent = sum(1 for succeeded in self._successes if now - succeeded <= span_s)
-        return recent / span_s * 60.0 if recent else None
+        if not recent:
+            started = sum(1 for start in self._starts if now - start <= span_s)
+            rejected = sum(1 for rejection in self._rejections if now - rejection <= span_s)
+            recent = started - rejected
+        return recent / span_s * 60.0 if recent > 0 else None
+
+
+def _append_recent(times: deque[float], now: float, window_s: float) -> None:
+    """Append `now` and drop the times older than `window_s`."""
+    times.append(now)
+    while now - times[0] > window_s:
+        times.popleft()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -71,7 +72,8 @@ def _header_int(headers: Mapping[str, str], name: str) -> int | None:
 
 
 def _positive(value: float | None) -> float | None:
-    return value if value is not None and value > 0 else None
+    """Keep a positive, finite number of seconds; `inf` and `nan` count as not said."""
+    return value if value is not None and 0 < value < math.inf else None
 
 
 def retry_wait_s(headers: Mapping[str, str], *, error_type: str | None = None) -> float | None:

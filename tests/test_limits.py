@@ -68,9 +68,10 @@ def test_token_budget_waits_for_the_window() -> None:
     assert 0.25 <= waited_s < 1.0
 
 
-def test_token_budget_settle_frees_tokens() -> None:
+def test_token_budget_settle_keeps_estimate() -> None:
+    """A response that used fewer tokens than estimated frees nothing, as OpenAI counts the estimate."""
     budget = TokenBudget(1000)
-    budget.window_s = 5.0
+    budget.window_s = 0.3
 
     async def main() -> float:
         entry = await budget.acquire(900)
@@ -79,7 +80,21 @@ def test_token_budget_settle_frees_tokens() -> None:
         await budget.acquire(800)
         return time.monotonic() - started
 
-    assert asyncio.run(main()) < 0.1
+    assert asyncio.run(main()) >= 0.25
+
+
+def test_token_budget_settle_raises_estimate() -> None:
+    budget = TokenBudget(1000)
+    budget.window_s = 0.3
+
+    async def main() -> float:
+        entry = await budget.acquire(100)
+        budget.settle(entry, 900)
+        started = time.monotonic()
+        await budget.acquire(200)
+        return time.monotonic() - started
+
+    assert asyncio.run(main()) >= 0.25
 
 
 def test_oversized_request_goes_alone() -> None:

@@ -74,3 +74,8 @@ def test_announced_limits() -> None:
     assert limits.remaining_requests == 499
     assert limits.reset_requests_s == pytest.approx(0.12)
     assert read_announced_limits({}) is None
+
+
+@pytest.mark.parametrize("headers", [{"retry-after-ms": "inf"}, {"retry-after": "nan"}, {"retry-after": "1e999"}])
+def test_infinite_wait_is_ignored(headers: dict[str, str]) -> None:
+    assert retry_wait_s(headers) is None
