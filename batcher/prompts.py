@@ -80,8 +80,19 @@ def default_id(body: Mapping[str, Any]) -> str:
     The body contains the model, the messages (the job's system message
     included) and the parameters, so the id changes when any of them does.
     """
-    canonical = _CANONICAL_JSON.encode(body)
+    canonical = _CANONICAL_JSON.encode(_integral_floats_as_ints(body))
     return "p-" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def _integral_floats_as_ints(value: Any) -> Any:
+    """Write 0.0 as 0, as canonical JSON (RFC 8785) does, so `temperature: 0.0` keeps the id of 0."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _integral_floats_as_ints(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(item) for item in value]
+    return value
 
 
 def estimate_tokens(body: Mapping[str, Any]) -> int:
@@ -89,7 +100,8 @@ def estimate_tokens(body: Mapping[str, Any]) -> int:
 
     This is an estimate, not a tokenizer count: the characters of all message
     text divided by 4 and rounded up, plus 4 per message, plus `max_tokens`
-    (else `max_completion_tokens`, else 0). Images and audio count nothing.
+    (else `max_completion_tokens`, else 0) times `n`, since every choice may
+    use that many. Images and audio count nothing.
     """
     messages = body.get("messages")
     if not isinstance(messages, list):
@@ -110,6 +122,9 @@ def estimate_tokens(body: Mapping[str, Any]) -> int:
         completion = body.get("max_completion_tokens")
     if not isinstance(completion, int) or isinstance(completion, bool):
         completion = 0
+    choices = body.get("n")
+    if isinstance(choices, int) and not isinstance(choices, bool) and choices > 1:
+        completion *= choices
 
     return -(-characters // 4) + 4 * len(messages) + completion
 
@@ -162,6 +177,7 @@ def parse_prompt(
     *,
     defaults: PromptDefaults,
     source: str,
+    check_unicode: bool = True,
 ) -> Prompt | None:
     """Check one prompt in the inline shape and build its request body.
 
@@ -203,6 +219,9 @@ def parse_prompt(
     if checker.count != before:
         return None
     body = {"model": model, "messages": messages, **params}
+    if check_unicode and _has_lone_surrogate(body):
+        checker.report(path, _SURROGATE_PROBLEM)
+        return None
     return Prompt(
         id=prompt_id or default_id(body),
         body=body,
@@ -224,10 +243,10 @@ def check_prompts(job: Job) -> PromptCheck:
             or a job without prompts.
     """
     totals = _Totals()
+    problems: list[str] = []
     for prompt in job.inline_prompts:
         totals.add(prompt)
 
-    problems: list[str] = []
     if job.prompts_file is not None:
         defaults = job.prompt_defaults
         for line_number, text in _read_lines(job.prompts_file):
@@ -497,6 +516,21 @@ def _reject_constant(name: str) -> Any:
 _DECODER = json.JSONDecoder(object_pairs_hook=_object_without_duplicates, parse_constant=_reject_constant)
 
 
+_SURROGATE_PROBLEM = (
+    "the prompt contains a lone surrogate escape (such as \\udc80), which is not valid "
+    "Unicode and cannot be sent; fix or remove that character"
+)
+
+
+def _has_lone_surrogate(record: Any) -> bool:
+    """Tell whether decoded JSON holds a string that UTF-8 cannot encode."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _parse_line(
     text: str, line_number: int, filename: str, defaults: PromptDefaults
 ) -> tuple[Prompt | None, list[str]]:
@@ -517,12 +551,17 @@ def _parse_line(
             f"{label}: the line is {describe_type(record)}, not a JSON object; write one prompt object per line"
         ]
 
+    # A UTF-8 file can only bring in a surrogate through a \\u escape, so most lines skip the check.
+    escaped = "\\u" in text
+    if escaped and _has_lone_surrogate(record):
+        return None, [f"{label}: {_SURROGATE_PROBLEM}"]
+
     checker = Checker(LineLocator(filename, line_number))
     try:
         if any(key in record for key in BATCH_KEYS):
             prompt = _parse_batch_line(checker, record, defaults, label)
         else:
-            prompt = parse_prompt(checker, record, (), defaults=defaults, source=label)
+            prompt = parse_prompt(checker, record, (), defaults=defaults, source=label, check_unicode=False)
     except RecursionError:
         # The decoder accepts nesting close to the recursion limit, and the checks recurse further.
         return None, [f"{label}: the JSON is nested too deeply to read"]

@@ -438,3 +438,14 @@ class TestStreaming:
 
         assert result.count == 200_000
         assert elapsed_s < 30
+
+
+def test_default_id_ignores_float_spelling() -> None:
+    messages = [{"role": "user", "content": "hi"}]
+
+    assert default_id({"model": "m", "messages": messages, "temperature": 0}) == default_id(
+        {"model": "m", "messages": messages, "temperature": 0.0}
+    )
+    assert default_id({"model": "m", "messages": messages, "temperature": 0.5}) != default_id(
+        {"model": "m", "messages": messages, "temperature": 0}
+    )
