@@ -383,9 +383,12 @@ def _finish(
         store.close()
     except OSError as exc:
         log.error("results.close_failed", failure_kind=None, path=str(store.path), error=exc.strerror)
-    if stats.total < prompt_count:
-        # The run ended before the producer read every prompt (a preflight failure).
+    if stats.total == 0 and prompt_count:
+        # The run ended before the workers started (a key or preflight failure). Prompts done in
+        # earlier runs still count as skipped, so that the summary does not report them as left.
         stats.total = prompt_count
+        if store.succeeded_count:
+            stats.skipped = sum(1 for prompt in iter_prompts(job) if store.has_succeeded(prompt.id))
     if client is not None:
         # The client also counts the preflight's 429s, which never reach the runner.
         stats.rate_limited_responses = client.rate_limited_responses

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import resource
 import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
@@ -116,6 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.INTERNAL_ERROR)
 
 
+def _raise_open_file_limit() -> None:
+    """Raise the soft limit on open files to the hard limit; each request in flight needs one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from batcher.endpoint import command as serve_command
@@ -145,6 +155,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return show_dry_run(job, output_dir=args.output_dir, limit=args.limit)
 
     from batcher.batch import RunOptions, run_job
+
+    _raise_open_file_limit()
 
     options = RunOptions(
         output_dir=args.output_dir,

@@ -108,6 +108,9 @@ class ApiClient:
                 status = response.status
                 headers = response.headers
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                # No connection was made, so no request reached the endpoint.
+                self.requests_sent -= 1
             return Reply(None, classify_exception(exc), {}, _elapsed_ms(started))
 
         latency_ms = _elapsed_ms(started)

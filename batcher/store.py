@@ -117,6 +117,11 @@ class ResultsStore:
             os.fsync(results.fileno())
         return size - keep
 
+    @property
+    def succeeded_count(self) -> int:
+        """Ids that succeeded in earlier runs, as read by `open` or `load_index`."""
+        return len(self._succeeded)
+
     def has_succeeded(self, prompt_id: str) -> bool:
         key = _id_hash(prompt_id)
         index = bisect_left(self._succeeded, key)

@@ -229,3 +229,16 @@ def test_request_over_token_budget_warns(tmp_path: Path) -> None:
     assert len(warnings) == 1
     assert warnings[0]["tokens_per_minute"] == 50
     assert warnings[0]["estimated_tokens"] > 200
+
+
+def test_key_failure_on_finished_folder_counts_skipped(tmp_path: Path) -> None:
+    with serve() as endpoint:
+        job = write_job(tmp_path, base_url=endpoint.base_url, count=4)
+        first = run_cli("run", str(job), "--quiet")
+        second = run_cli("run", str(job), "--quiet", env=cli_env(key=None))
+
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 3
+    summary = read_summary(tmp_path / "out")
+    assert summary["skipped"] == 4
+    assert summary["not_attempted"] == 0
