@@ -30,7 +30,7 @@ def is_loopback_url(url: str) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """What one request came back with: a parsed body or a Failure, plus its headers."""
+    """Result of one request: a parsed body or a Failure, plus the response headers."""
 
     body: dict[str, Any] | None
     failure: Failure | None
@@ -126,7 +126,7 @@ class ApiClient:
 
 
 def _classify_models(status: int, headers: Mapping[str, str], raw: bytes) -> dict[str, Any] | Failure:
-    """Classify a `/models` answer: a 2xx needs a `data` list, errors follow the chat rules."""
+    """Classify a `/models` response: a 2xx needs a `data` list, errors follow the chat rules."""
     if 200 <= status < 300:
         try:
             parsed = loads(raw)

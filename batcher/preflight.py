@@ -31,7 +31,7 @@ _PROJECT_CODES = frozenset({"mismatched_project", "invalid_project"})
 
 @dataclass(frozen=True)
 class PreflightResult:
-    """What the preflight proved: how it checked, and the models listed (None if not listed)."""
+    """Outcome of the preflight: the method that passed, and the models listed (None if not listed)."""
 
     method: str
     models: tuple[str, ...] | None
@@ -39,7 +39,7 @@ class PreflightResult:
 
 @dataclass(frozen=True)
 class SentCredentials:
-    """What the requests carry, for messages: never the key itself."""
+    """Credentials the requests carry, described for messages without the key itself."""
 
     key: ApiKey | None
     organization: str | None

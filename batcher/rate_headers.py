@@ -43,7 +43,7 @@ def parse_go_duration(text: str) -> float | None:
 
 
 def parse_retry_after(text: str, *, now_s: float | None = None) -> float | None:
-    """Return the seconds a `retry-after` value asks for: delta seconds or an HTTP date."""
+    """Return the seconds a `retry-after` value requests: delta seconds or an HTTP date."""
     text = text.strip()
     if not text:
         return None
@@ -72,12 +72,12 @@ def _header_int(headers: Mapping[str, str], name: str) -> int | None:
 
 
 def _positive(value: float | None) -> float | None:
-    """Keep a positive, finite number of seconds; `inf` and `nan` count as not said."""
+    """Return a positive, finite number of seconds, else None (`inf` and `nan` included)."""
     return value if value is not None and 0 < value < math.inf else None
 
 
 def retry_wait_s(headers: Mapping[str, str], *, error_type: str | None = None) -> float | None:
-    """Return how long the endpoint asks the client to wait, or None if it does not say.
+    """Return how long the endpoint requests the client to wait, or None if no header says.
 
     The order is `retry-after-ms`, `retry-after`, then the `x-ratelimit-reset-*` header of the
     limit that is exhausted (remaining 0, or the limit named by the error's `type`). Negative and

@@ -172,7 +172,7 @@ def _read_id_and_status(line: bytes) -> tuple[str, bool] | None:
     """Return (id, succeeded) of a results line, or None if the line is not a result.
 
     batcher writes `id` and `status` first, so the common line is read without parsing the
-    whole response it carries; other lines fall back to a full parse.
+    whole response it carries. Other lines fall back to a full parse.
     """
     if line.startswith(_ID_PREFIX):
         try:

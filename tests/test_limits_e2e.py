@@ -422,7 +422,7 @@ def test_failure_after_stop_recorded_not_retried(tmp_path: Path) -> None:
 
 
 def test_slow_successes_still_teach_a_rate(tmp_path: Path) -> None:
-    """429s that come back before any success (slow answers) still set a rate before the restart."""
+    """429s that come back before any slow success still set a rate before the restart."""
     with serve(rps=20, latency_ms=300) as endpoint:
         job = write_job(tmp_path, base_url=endpoint.base_url, count=100, limits={"concurrency": 64, "max_attempts": 3})
         result = run_cli("run", str(job), "--quiet")
