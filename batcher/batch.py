@@ -293,7 +293,7 @@ async def _run_locked(
         # Printed last, like the message of an error that ends the command.
         print(f"batcher: {stop_message}", file=sys.stderr)
     elif sinks.is_tty and (exit_code != ExitCode.OK or not sinks.quiet):
-        # Without a terminal stderr carries JSON lines only; run.finished holds the same counts.
+        # Without a terminal, stderr carries JSON lines only, and run.finished has the same counts.
         print(f"batcher: {_outcome_line(stats, exit_code, output_dir)}", file=sys.stderr)
     return exit_code
 

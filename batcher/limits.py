@@ -291,7 +291,7 @@ class Pacer:
         if announced is None:
             return
         self._adopt_announced(announced)
-        # After a 429 the cooldown already holds the wait the endpoint asked for.
+        # After a 429, the cooldown already contains the wait the endpoint requested.
         if not rate_limited:
             if announced.remaining_requests == 0 and announced.reset_requests_s:
                 self.cooldown.extend(announced.reset_requests_s)

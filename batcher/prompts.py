@@ -523,7 +523,7 @@ _SURROGATE_PROBLEM = (
 
 
 def _has_lone_surrogate(record: Any) -> bool:
-    """Tell whether decoded JSON holds a string that UTF-8 cannot encode."""
+    """Return True when decoded JSON contains a string that UTF-8 cannot encode."""
     try:
         json.dumps(record, ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:

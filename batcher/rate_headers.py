@@ -77,7 +77,7 @@ def _positive(value: float | None) -> float | None:
 
 
 def retry_wait_s(headers: Mapping[str, str], *, error_type: str | None = None) -> float | None:
-    """Return how long the endpoint requests the client to wait, or None if no header says.
+    """Return how long the endpoint requests the client to wait, or None without such a header.
 
     The order is `retry-after-ms`, `retry-after`, then the `x-ratelimit-reset-*` header of the
     limit that is exhausted (remaining 0, or the limit named by the error's `type`). Negative and

@@ -84,7 +84,7 @@ def build_report(summary: dict[str, Any]) -> dict[str, Any]:
         "usage": summary["usage"],
         "wall_time_s": duration_s,
         # Every request of the run, the preflight's included, over its whole wall time.
-        # Under a second, a per-minute rate says more about timer resolution than about the run.
+        # Under a second, a per-minute rate reflects timer resolution more than the run.
         "requests_per_minute": round(requests / duration_s * 60.0, 1) if duration_s >= 1.0 else None,
         "stopped_reason": summary.get("stopped_reason"),
         "exit_code": summary.get("exit_code"),
@@ -100,7 +100,7 @@ def _describe_stop(report: dict[str, Any]) -> str:
         return str(report["stopped_reason"])
     if report["exit_code"] in (0, 1):
         return "no (ran to the end)"
-    return f"before the batch (exit {report['exit_code']}; the log says why)"
+    return f"before the batch (exit {report['exit_code']}; the log has the reason)"
 
 
 def show_report(run_dir: Path, *, as_json: bool) -> int:

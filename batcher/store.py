@@ -233,7 +233,7 @@ class RunLock:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
             raise LockError(
-                f"Another run (process {holder}) holds the lock on {self.path.parent}. "
+                f"The output folder {self.path.parent} is locked by another run (process {holder}). "
                 f"Wait for it to finish, or use another --output-dir."
             ) from None
 

@@ -28,8 +28,8 @@ def test_request_rate_spaces_starts_evenly() -> None:
 
     gaps = [later - earlier for earlier, later in zip(starts, starts[1:])]
     assert len(starts) == 12
-    # A start late by more than CATCH_UP_S brings the next one closer by CATCH_UP_S at most;
-    # the extra millisecond covers the time between a start and its measurement here.
+    # A late start brings the next one closer by CATCH_UP_S at most. The extra millisecond
+    # covers the time between a start and its measurement here.
     assert min(gaps) >= rate.interval_s - CATCH_UP_S - 0.001
     assert rate.interval_s == pytest.approx(60 / (1200 * (1 - SAFETY_MARGIN)))
 
